@@ -1,0 +1,1 @@
+"""Shared fixtures: tiny real models and real data, never mocks of them."""

@@ -1,0 +1,51 @@
+"""The `xwin` command. Thin: it parses arguments and calls the library (as OpenRLHF's CLI entry
+points sit over its trainers). Heavy imports (torch, vLLM) happen inside commands, so that
+`xwin --help` stays instant."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xwin.controller.cli import register as register_controller
+from xwin.data.cli import app as data_app
+from xwin.k8s.cli import register as register_k8s
+from xwin.models.cli import app as model_app
+
+app = typer.Typer(
+    help="The Xwin-LM alignment recipe (SFT -> RM -> best-of-N -> RS -> DPO -> eval) as a batch "
+    "system: embedded on one machine, or as Kubernetes Jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data", help="Validate and import datasets.")
+app.add_typer(model_app, name="model", help="Import and inspect models.")
+
+
+@app.command()
+def stage(
+    name: str = typer.Argument(..., help="prepare, sft, rm, sample, score, select, rs, dpo, eval, annotate"),
+    config: Path = typer.Option(..., "--config", "-c", help="the stage spec (YAML)"),
+    shard: Optional[str] = typer.Option(None, help="i/K: this process's shard; default from JOB_COMPLETION_INDEX"),
+) -> None:
+    """Run one stage: the command every Job container and local process runs."""
+    from xwin.stages.runner import main as run_stage_main
+
+    raise typer.Exit(run_stage_main(name, config, shard))
+
+
+register_controller(app)
+register_k8s(app)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

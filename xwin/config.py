@@ -1,0 +1,108 @@
+"""The pipeline config: a YAML file, overridden by XWIN_* environment variables, overridden by
+`--set section.field=value`. One section per stage; each stage owns its section's model next to
+the code that reads it (as TRL keeps `dpo_config.py` beside `dpo_trainer.py`).
+
+    XWIN_SFT__LEARNING_RATE=2e-5 xwin run examples/demo-cpu.yaml --set dpo.beta=0.2
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+
+from xwin.config_base import (
+    ConfigError,
+    StoreConfig,
+    StrictModel,
+    format_validation_error,
+    load_yaml,
+    parse_overrides,
+)
+from xwin.stages.annotate import AnnotateConfig
+from xwin.stages.dpo import DpoConfig
+from xwin.stages.eval import EvalConfig
+from xwin.stages.prepare import PrepareConfig
+from xwin.stages.rm import RmConfig
+from xwin.stages.rs import RsConfig
+from xwin.stages.sample import SampleConfig
+from xwin.stages.score import ScoreConfig
+from xwin.stages.select import SelectConfig
+from xwin.stages.sft import SftConfig
+
+__all__ = ["ConfigError", "PipelineConfig", "RunConfig", "ExecutorConfig", "load_config"]
+
+
+class RunConfig(StrictModel):
+    name: str = Field("xwin", description="run name; runs are listed by it")
+    workdir: Path = Field(Path(".xwin"), description="local scratch, logs and run state")
+    only: list[str] = Field(default_factory=list, description="run just these stages")
+    start_from: str | None = Field(None, description="skip stages before this one (--from)")
+    until: str | None = Field(None, description="stop after this stage (--until)")
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description="stage name -> existing artifact key or local path used instead of running it",
+    )
+    max_attempts: int = Field(2, ge=1, description="attempts per stage for transient failures")
+    retry_backoff_s: float = Field(5.0, ge=0)
+
+
+class ExecutorConfig(StrictModel):
+    kind: Literal["local", "kubernetes"] = "local"
+    namespace: str = "xwin"
+    # Job profiles (image, resources, nodes, shards, ...) live in jobs/*.yaml; this names the
+    # folder, and `profiles` overrides single fields per stage.
+    profiles_dir: Path = Path("jobs")
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    local_parallel_shards: bool = Field(
+        False, description="local: run shards of a sharded stage as parallel processes"
+    )
+
+
+# The YAML file a PipelineConfig is being built from; a context variable so that
+# settings_customise_sources (a classmethod pydantic-settings calls) can see it.
+_yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("xwin_yaml", default=None)
+
+
+class PipelineConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="XWIN_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    rm: RmConfig = Field(default_factory=RmConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    rs: RsConfig = Field(default_factory=RsConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_):
+        # Highest first: --set (init kwargs), XWIN_* environment, the YAML file.
+        sources = [init_settings, env_settings]
+        if (path := _yaml_file.get()) is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Build and validate a pipeline config; errors name the file and the field."""
+    if path is not None:
+        load_yaml(Path(path))  # clear errors for a missing file or bad YAML before pydantic's
+    token = _yaml_file.set(Path(path) if path is not None else None)
+    try:
+        return PipelineConfig(**parse_overrides(list(overrides)))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path or "<environment>"))) from e
+    finally:
+        _yaml_file.reset(token)

@@ -1,0 +1,16 @@
+"""Stage `annotate`: not implemented yet."""
+
+from __future__ import annotations
+
+from xwin.config_base import StrictModel
+from xwin.stages.base import StageContext
+
+INPUTS: tuple[str, ...] = ()
+
+
+class AnnotateConfig(StrictModel):
+    pass
+
+
+def run(config: AnnotateConfig, ctx: StageContext) -> dict[str, float]:
+    raise NotImplementedError("stage annotate")

@@ -1,0 +1,16 @@
+"""Stage `dpo`: not implemented yet."""
+
+from __future__ import annotations
+
+from xwin.config_base import StrictModel
+from xwin.stages.base import StageContext
+
+INPUTS: tuple[str, ...] = ()
+
+
+class DpoConfig(StrictModel):
+    pass
+
+
+def run(config: DpoConfig, ctx: StageContext) -> dict[str, float]:
+    raise NotImplementedError("stage dpo")

@@ -1,0 +1,16 @@
+"""Stage `rm`: not implemented yet."""
+
+from __future__ import annotations
+
+from xwin.config_base import StrictModel
+from xwin.stages.base import StageContext
+
+INPUTS: tuple[str, ...] = ()
+
+
+class RmConfig(StrictModel):
+    pass
+
+
+def run(config: RmConfig, ctx: StageContext) -> dict[str, float]:
+    raise NotImplementedError("stage rm")

@@ -1,0 +1,16 @@
+"""Stage `rs`: not implemented yet."""
+
+from __future__ import annotations
+
+from xwin.config_base import StrictModel
+from xwin.stages.base import StageContext
+
+INPUTS: tuple[str, ...] = ()
+
+
+class RsConfig(StrictModel):
+    pass
+
+
+def run(config: RsConfig, ctx: StageContext) -> dict[str, float]:
+    raise NotImplementedError("stage rs")

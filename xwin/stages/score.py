@@ -1,0 +1,16 @@
+"""Stage `score`: not implemented yet."""
+
+from __future__ import annotations
+
+from xwin.config_base import StrictModel
+from xwin.stages.base import StageContext
+
+INPUTS: tuple[str, ...] = ()
+
+
+class ScoreConfig(StrictModel):
+    pass
+
+
+def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
+    raise NotImplementedError("stage score")
