@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# S3 fixtures (moto server over real HTTP, a fault-injecting proxy, a local store).
+pytest_plugins = ["fixtures_s3"]
+
 # Tests share 2 cores with each other's subprocesses; oversubscribed BLAS threads only slow
 # everything down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from xwin.config_base import StoreConfig
+from xwin.config_base import StoreConfig, UserError
 
 
 class ArtifactError(RuntimeError):
@@ -27,6 +27,10 @@ class ArtifactCorrupt(ArtifactError):
 
 class StoreUnavailable(ArtifactError):
     """The store cannot be used: missing bucket, bad credentials, unreachable endpoint."""
+
+
+class InvalidKey(ArtifactError, UserError):
+    """A key that cannot name an artifact (empty segment, leading dot, odd characters)."""
 
 
 class FileEntry(BaseModel):
@@ -85,6 +89,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the manifest first (the artifact disappears at once), then the files."""
+
+    def check(self) -> None:
+        """Fail fast with StoreUnavailable (naming the bucket or folder) if the store cannot be
+        used, before a stage spends hours on work it could not commit."""
 
     @abstractmethod
     def put_record(self, key: str, data: bytes) -> None:
