@@ -22,6 +22,7 @@ from xwin.config_base import (
     load_yaml,
     parse_overrides,
 )
+from xwin.k8s.settings import KubernetesConfig
 from xwin.stages.annotate import AnnotateConfig
 from xwin.stages.dpo import DpoConfig
 from xwin.stages.eval import EvalConfig
@@ -46,6 +47,11 @@ class RunConfig(StrictModel):
         default_factory=dict,
         description="stage name -> existing artifact key or local path used instead of running it",
     )
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="rewire one stage input: `<stage>.<input>` -> `<stage>[#path]`, an artifact "
+        "key or a local path; e.g. `rm.model: prepare#base_model` trains the RM from the base",
+    )
     max_attempts: int = Field(2, ge=1, description="attempts per stage for transient failures")
     retry_backoff_s: float = Field(5.0, ge=0)
 
@@ -59,6 +65,9 @@ class ExecutorConfig(StrictModel):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     local_parallel_shards: bool = Field(
         False, description="local: run shards of a sharded stage as parallel processes"
+    )
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig, description="cluster-side settings of stage pods"
     )
 
 

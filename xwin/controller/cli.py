@@ -1,9 +1,135 @@
-"""Top-level commands of the controller (to be filled in)."""
+"""`xwin run | resume | status | report | runs | cancel`: the controller's commands. Thin: they
+parse arguments and call `xwin.controller.api`. Exit codes: 0 done, 1 a stage failed after its
+retries, 2 bad config or data (nothing to retry), 3 the run is busy in another controller,
+130 interrupted (resumable)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+WORKDIR_HELP = "the run's workdir (run.workdir of its config)"
+CONFIG_HELP = "a pipeline config naming the store and workdir (default: found from --workdir)"
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """`--only sft,rm --only eval` -> [sft, rm, eval]."""
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the `xwin` app."""
+
+    @app.command()
+    def run(
+        config: Path = typer.Argument(..., help="pipeline config (YAML), e.g. examples/demo-cpu.yaml"),
+        set_: List[str] = typer.Option([], "--set", "-s", help="override: section.field=value"),
+        only: List[str] = typer.Option([], help="run just these stages (comma-separated)"),
+        from_: Optional[str] = typer.Option(None, "--from", help="skip stages before this one"),
+        until: Optional[str] = typer.Option(None, help="stop after this stage"),
+        force: List[str] = typer.Option([], help="rerun these stages (and what depends on them) even if cached"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="show the plan (keys, what runs) and exit"),
+    ) -> None:
+        """Run the pipeline: every stage whose output is not in the store yet."""
+        from xwin.config_base import UserError
+        from xwin.controller import api
+
+        overrides = list(set_)
+        if only:
+            overrides.append(f"run.only=[{','.join(_names(only))}]")
+        if from_:
+            overrides.append(f"run.start_from={from_}")
+        if until:
+            overrides.append(f"run.until={until}")
+        try:
+            if dry_run:
+                api.print_plan(config, overrides, set(_names(force)))
+                return
+            code = api.run(config, overrides, force=set(_names(force)))
+        except UserError as e:
+            _fail(str(e))
+        raise typer.Exit(code)
+
+    @app.command()
+    def resume(
+        run_id: str = typer.Argument("latest", help="run id (see `xwin runs`) or 'latest'"),
+        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
+        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    ) -> None:
+        """Continue a stopped or failed run: finished stages are kept, the rest run."""
+        from xwin.config_base import UserError
+        from xwin.controller import api
+
+        try:
+            code = api.resume(run_id, workdir, config)
+        except UserError as e:
+            _fail(str(e))
+        raise typer.Exit(code)
+
+    @app.command()
+    def status(
+        run_id: str = typer.Argument("latest", help="run id or 'latest'"),
+        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
+        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+        as_json: bool = typer.Option(False, "--json", help="the run record as JSON"),
+    ) -> None:
+        """A run's stages: status, attempts, elapsed time, metrics, errors."""
+        from xwin.config_base import UserError
+        from xwin.controller import api
+
+        try:
+            raise typer.Exit(api.show_status(run_id, workdir, config, as_json))
+        except UserError as e:
+            _fail(str(e))
+
+    @app.command()
+    def report(
+        run_id: str = typer.Argument("latest", help="run id or 'latest'"),
+        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
+        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    ) -> None:
+        """(Re)build a run's report.md and plots from its artifacts."""
+        from xwin.config_base import UserError
+        from xwin.controller import api
+
+        try:
+            path = api.build_report(run_id, workdir, config)
+        except UserError as e:
+            _fail(str(e))
+        typer.echo(path)
+
+    @app.command()
+    def runs(
+        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
+        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    ) -> None:
+        """List runs, newest last."""
+        from xwin.config_base import UserError
+        from xwin.controller import api
+
+        try:
+            api.list_runs(workdir, config)
+        except UserError as e:
+            _fail(str(e))
+
+    @app.command()
+    def cancel(
+        run_id: str = typer.Argument(..., help="run id or 'latest'"),
+        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
+        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+    ) -> None:
+        """Stop a run: its controller stops the running stage; the run stays resumable."""
+        from xwin.config_base import UserError
+        from xwin.controller import api
+
+        try:
+            api.cancel(run_id, workdir, config)
+        except UserError as e:
+            _fail(str(e))

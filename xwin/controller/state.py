@@ -1,0 +1,166 @@
+"""Run state: one record per run in the artifact store (`runs/<run_id>`, via put_record), mirrored
+to `<workdir>/runs/<run_id>/state.json` for a quick look. It lists every stage with its
+decision, status, artifact key, attempts, timings and metrics: what `xwin status` shows and what
+`xwin resume` continues from."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from xwin.config_base import UserError
+
+StageStatus = Literal[
+    "pending", "running", "succeeded", "cached", "supplied", "skipped", "failed", "cancelled"
+]
+RunStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
+FINAL_STAGE_STATES = ("succeeded", "cached", "supplied", "skipped")
+
+RECORD_PREFIX = "runs"
+INDEX_KEY = "runs/index"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class Attempt(BaseModel):
+    number: int
+    started_at: str
+    ended_at: str | None = None
+    exit_code: int | None = None
+    status: Literal["running", "succeeded", "failed", "cancelled"] = "running"
+    reason: str | None = None
+    log: str | None = None
+    pids: list[int] = Field(default_factory=list, description="local process groups, for cleanup")
+
+
+class StageState(BaseModel):
+    name: str
+    key: str
+    status: StageStatus = "pending"
+    inputs: dict[str, str] = Field(default_factory=dict)
+    shards: int = 1
+    attempts: list[Attempt] = Field(default_factory=list)
+    started_at: str | None = None
+    ended_at: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def elapsed_s(self) -> float | None:
+        """Time spent in attempts (not the time a stopped run sat waiting for `resume`)."""
+        if not self.attempts:
+            return None
+        now = datetime.now(timezone.utc)
+        return sum(((parse_time(a.ended_at) if a.status != "running" and a.ended_at else now)
+                    - parse_time(a.started_at)).total_seconds() for a in self.attempts)
+
+
+class RunRecord(BaseModel):
+    run_id: str
+    name: str
+    created_at: str
+    updated_at: str
+    status: RunStatus = "running"
+    config: dict[str, Any] = Field(description="the resolved pipeline config (no secrets in it)")
+    workdir: str
+    controller: dict[str, Any] = Field(default_factory=dict, description="host and pid")
+    stages: dict[str, StageState] = Field(default_factory=dict)
+    ended_at: str | None = None
+    report: str | None = None
+    error: str | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        """From the start to the end of the run (time stopped before a resume included)."""
+        end = parse_time(self.ended_at) if self.status != "running" and self.ended_at else None
+        return ((end or datetime.now(timezone.utc)) - parse_time(self.created_at)).total_seconds()
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def new_run_id(name: str, taken) -> str:
+    """`<name>-<UTC time>`, with a counter if that second is taken."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = f"{base}-{stamp}"
+    n = 2
+    while taken(run_id):
+        run_id = f"{base}-{stamp}-{n}"
+        n += 1
+    return run_id
+
+
+class RunStore:
+    """Run records in the artifact store plus the local mirror under `<workdir>/runs/`."""
+
+    def __init__(self, store, workdir: Path):
+        self.store = store
+        self.workdir = Path(workdir)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.workdir / "runs" / run_id
+
+    def exists(self, run_id: str) -> bool:
+        return self.run_dir(run_id).exists() or self.store.get_record(f"{RECORD_PREFIX}/{run_id}") is not None
+
+    def save(self, record: RunRecord) -> None:
+        record.updated_at = utc_now()
+        data = record.model_dump_json(indent=2).encode()
+        self.store.put_record(f"{RECORD_PREFIX}/{record.run_id}", data)
+        local = self.run_dir(record.run_id) / "state.json"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".state.json.{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, local)
+
+    def load(self, run_id: str) -> RunRecord:
+        if not _RUN_ID.match(run_id):
+            raise UserError(f"{run_id!r} is not a run id")
+        data = self.store.get_record(f"{RECORD_PREFIX}/{run_id}")
+        if data is None:
+            local = self.run_dir(run_id) / "state.json"
+            if not local.exists():
+                raise UserError(f"no run {run_id!r} (see `xwin runs`)")
+            data = local.read_bytes()
+        return RunRecord.model_validate_json(data)
+
+    def add_to_index(self, record: RunRecord) -> None:
+        index = self.index()
+        index[record.run_id] = {"name": record.name, "created_at": record.created_at}
+        self.store.put_record(INDEX_KEY, json.dumps(index, indent=1, sort_keys=True).encode())
+
+    def index(self) -> dict[str, dict[str, Any]]:
+        data = self.store.get_record(INDEX_KEY)
+        return json.loads(data) if data else {}
+
+    def list_ids(self) -> list[str]:
+        """Runs in the store's index and in the local workdir, oldest first."""
+        ids = set(self.index())
+        runs = self.workdir / "runs"
+        if runs.is_dir():
+            ids |= {p.name for p in runs.iterdir() if (p / "state.json").exists()}
+        return sorted(ids, key=lambda r: (self.index().get(r, {}).get("created_at", ""), r))
+
+    def latest(self) -> str:
+        ids = self.list_ids()
+        if not ids:
+            raise UserError("no runs yet")
+        return max(ids, key=lambda r: self.load(r).created_at)
+
+
+def controller_identity() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}

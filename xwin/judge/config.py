@@ -1,0 +1,67 @@
+"""Settings of the judge: which endpoint answers, how hard we may push it, and where its
+answers are remembered. Shared by the `eval` and `annotate` stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from xwin.config_base import StrictModel
+
+
+class LocalServerConfig(StrictModel):
+    """A vLLM OpenAI-compatible server started for the judge model when no base_url is set.
+    The defaults are safe on a CPU; on a GPU set kv_cache_gib: null and
+    gpu_memory_utilization: 0.9, enforce_eager: false."""
+
+    port: int | None = Field(None, description="fixed port; default: a free port on 127.0.0.1")
+    startup_timeout_s: float = Field(900.0, gt=0, description="wait this long for /v1/models")
+    dtype: str = Field("bfloat16", description="--dtype of the served model")
+    max_model_len: int = Field(4096, ge=256, description="--max-model-len (prompt + verdict)")
+    enforce_eager: bool = Field(True, description="--enforce-eager (needed on CPU)")
+    kv_cache_gib: float | None = Field(
+        1.0, gt=0, description="--kv-cache-memory-bytes in GiB (CPU: the KV cache's share of RAM)"
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="--gpu-memory-utilization (GPU; on CPU a share of RAM)"
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="--max-num-seqs (batch width)")
+    seed: int = Field(0, description="engine seed (vLLM on CPU takes no per-request seed)")
+    extra_args: list[str] = Field(default_factory=list, description="more vLLM server flags")
+
+
+class JudgeConfig(StrictModel):
+    """An OpenAI-compatible chat endpoint that grades answers. Leave base_url unset to serve
+    the judge model (input `judge`, or model_path) with a local vLLM server for the stage's
+    lifetime; set it to use a hosted model (e.g. https://api.openai.com/v1, model gpt-4o)."""
+
+    base_url: str | None = Field(
+        None, description="external endpoint ending in /v1; unset: start a local vLLM server"
+    )
+    model: str | None = Field(
+        None, description="model name sent to the endpoint (required with base_url); for the "
+        "local server its served name (default: the judge input's name)"
+    )
+    model_path: str | None = Field(
+        None, description="local server: HF folder of the judge model (else the input `judge`)"
+    )
+    api_key_env: str | None = Field(
+        "XWIN_JUDGE_API_KEY",
+        description="name of the environment variable holding the API key (never the key itself)",
+    )
+    max_concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    max_attempts: int = Field(6, ge=1, description="tries per request on 429/5xx/timeouts")
+    backoff_initial_s: float = Field(1.0, ge=0, description="first retry delay (exponential)")
+    backoff_max_s: float = Field(60.0, ge=0, description="longest retry delay")
+    timeout_s: float = Field(300.0, gt=0, description="per-request read timeout")
+    temperature: float = Field(0.0, ge=0, description="judge sampling temperature (MT-bench: 0)")
+    max_tokens: int = Field(1024, ge=8, description="longest judge reply (rationale + verdict)")
+    constrain_verdict: bool = Field(
+        False, description="vLLM endpoints only: constrain replies with a regex to a short "
+        "rationale followed by the verdict, so small judges always answer in the format",
+    )
+    cache_path: Path | None = Field(
+        None, description="SQLite file of judge replies; default: <workdir>/judge-cache.sqlite"
+    )
+    server: LocalServerConfig = Field(default_factory=LocalServerConfig)

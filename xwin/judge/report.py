@@ -1,0 +1,134 @@
+"""The eval stage's human-facing output: markdown tables (a fragment the run report merges)
+and PNG plots. Reads only the results dict the stage also writes as results.json."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _ci_header(results: dict) -> str:
+    return f"{results.get('confidence', 0.95):.0%} CI"
+
+
+def _ci(row: dict) -> str:
+    return f"[{_pct(row['ci_low'])}, {_pct(row['ci_high'])}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(r) + " |" for r in rows], ""]
+
+
+def markdown(results: dict) -> str:
+    judge = results["judge"]
+    lines = [f"## Evaluation (judge: `{judge['model']}`)", ""]
+    single = results.get("mtbench", {}).get("single")
+    if single:
+        categories = sorted({c for s in single.values() for c in s["categories"]})
+        turns = sorted({t for s in single.values() for t in s["turns"]})
+        lines += ["### MT-bench, single-answer grading (1-10)", ""]
+        lines += _table(
+            ["model", "score", *[f"turn {t}" for t in turns], *categories, "rated / judged"],
+            [[m, _num(s["score"]), *[_num(s["turns"].get(t)) for t in turns],
+              *[_num(s["categories"].get(c)) for c in categories], f"{s['rated']} / {s['judged']}"]
+             for m, s in single.items()])
+    pairwise = results.get("mtbench", {}).get("pairwise")
+    if pairwise:
+        lines += [("### MT-bench, pairwise (both orders; ties and order-dependent verdicts count "
+                  "half)"), ""]
+        lines += _table(
+            ["model X", "model Y", "X win rate", _ci_header(results), "wins", "losses", "ties",
+             "inconsistent", "unparseable", "swap agreement"],
+            [[p["model_x"], p["model_y"], _pct(p["win_rate"]), _ci(p), str(p["win"]),
+              str(p["loss"]), str(p["tie"]), str(p["inconsistent"]), str(p["error"]),
+              _pct(p["swap_agreement"])] for p in pairwise])
+    alpaca = results.get("alpaca")
+    if alpaca:
+        lines += ["### AlpacaEval-style, against the reference outputs", ""]
+        lines += _table(
+            ["model", "win rate", _ci_header(results), "LC win rate", "avg length", "reference length",
+             "judged", "unparseable", "swap agreement"],
+            [[m, _pct(a["win_rate"]), _ci(a), _pct(a["lc_win_rate"]), _num(a["avg_length"], 0),
+              _num(a["reference_avg_length"], 0), str(a["n"]), str(a["error"]),
+              _pct(a["swap_agreement"])] for m, a in alpaca.items()])
+    reward = results.get("reward")
+    if reward:
+        lines += ["### Reward-model scores of the answers", ""]
+        lines += _table(["model", "mean RM score", "answers"],
+                        [[m, _num(r["mean"], 3), str(r["n"])] for m, r in reward.items()])
+    stats = judge["stats"]
+    lines += ["### Judge", "",
+              (f"- requests sent: {stats['requests']} (retries {stats['retries']}, refused "
+              f"{stats['errors']}); answered from cache: {stats['cache_hits']}"),
+              f"- unparseable verdicts: {judge['unparseable']} of {judge['verdicts']}",
+              f"- agreement with itself under position swap: {_pct(judge['swap_agreement'])}",
+              ""]
+    for name, title in (("mtbench_scores.png", "MT-bench scores"), ("win_rates.png", "Win rates")):
+        if name in results.get("plots", []):
+            lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def plot_mtbench(single: dict[str, dict], path: Path) -> None:
+    """Grouped bars: per category (and overall) the mean rating of each model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(single)
+    groups = ["overall", *sorted({c for s in single.values() for c in s["categories"]})]
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups) + 2), 4))
+    for i, m in enumerate(models):
+        values = [single[m]["score"], *[single[m]["categories"].get(g, math.nan) for g in groups[1:]]]
+        ax.bar(np.arange(len(groups)) + i * width, np.nan_to_num(values, nan=0.0), width, label=m)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(models) - 1) / 2, groups, rotation=30)
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("mean judge rating (1-10)")
+    ax.set_title("MT-bench, single-answer grading")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_win_rates(rows: list[tuple[str, dict]], path: Path, confidence: float = 0.95) -> None:
+    """Horizontal bars of win rates with their confidence intervals (and LC where known)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label, _ in rows]
+    rates = [100 * (r["win_rate"] if not math.isnan(r["win_rate"]) else 0.0) for _, r in rows]
+    low = [max(0.0, rate - 100 * r["ci_low"]) if not math.isnan(r["ci_low"]) else 0.0
+           for rate, (_, r) in zip(rates, rows)]
+    high = [max(0.0, 100 * r["ci_high"] - rate) if not math.isnan(r["ci_high"]) else 0.0
+            for rate, (_, r) in zip(rates, rows)]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.5))
+    y = list(range(len(rows)))
+    ax.barh(y, rates, xerr=[low, high], capsize=4, color="tab:blue", label="win rate")
+    lc = [(i, 100 * r["lc_win_rate"]) for i, (_, r) in enumerate(rows)
+          if r.get("lc_win_rate") is not None and not math.isnan(r["lc_win_rate"])]
+    if lc:
+        ax.scatter([v for _, v in lc], [i for i, _ in lc], color="tab:orange", zorder=3,
+                   label="length-controlled")
+    ax.axvline(50, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"win rate, % ({confidence:.0%} CI)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

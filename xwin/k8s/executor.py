@@ -1,0 +1,284 @@
+"""The Kubernetes executor: each stage attempt becomes the objects `render_stage` builds,
+created through the official client and followed with a resumable watch until the Job ends.
+
+- Failure reasons come from the pods (OOMKilled, exit codes, ImagePullBackOff, Unschedulable,
+  the newest Warning event), not just the Job's "BackoffLimitExceeded".
+- A pod that cannot pull its image is given `image_pull_grace_s`, an unschedulable one
+  `unschedulable_timeout_s` (None: wait); then the Job is deleted and the stage fails.
+- Retries are the controller's: the Job itself retries pods only as its profile says.
+- Logs of every pod are fetched into the attempt's log folder when the Job ends.
+- `cancel(run_id)` deletes the run's Jobs (pods go with them) and their Services/ConfigMaps;
+  `adopt(job)` follows a Job that a previous controller created instead of creating another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kubernetes import client as k8s
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
+from xwin.controller.executor import Executor, StageJob, StageResult
+from xwin.k8s import diagnose
+from xwin.k8s.naming import (
+    JOB_NAME_LABEL,
+    LABEL_APP,
+    LABEL_ATTEMPT,
+    LABEL_RUN,
+    LABEL_STAGE,
+    job_name,
+    run_label,
+)
+from xwin.k8s.render import CONTAINER, RenderedStage, render_stage
+from xwin.k8s.settings import KubernetesConfig
+from xwin.k8s.watch import ResumableWatch, call
+
+log = logging.getLogger(__name__)
+_EPOCH = datetime.fromtimestamp(0, timezone.utc)
+
+
+def api_client_from_environment() -> k8s.ApiClient:
+    """In a pod: its ServiceAccount; elsewhere: the kubeconfig ($KUBECONFIG, ~/.kube/config)."""
+    configuration = k8s.Configuration()
+    try:
+        kube_config.load_incluster_config(client_configuration=configuration)
+    except kube_config.ConfigException:
+        kube_config.load_kube_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+class KubernetesExecutor(Executor):
+    def __init__(self, namespace: str, settings: KubernetesConfig | None = None,
+                 api_client: k8s.ApiClient | None = None,
+                 on_problem: Callable[[StageJob, str], None] | None = None):
+        """on_problem(job, reason) is called once per new trouble of a running stage (a pod
+        unschedulable, pulling its image in vain), for `xwin status` to show."""
+        self.namespace = namespace
+        self.settings = settings or KubernetesConfig()
+        self.api_client = api_client or api_client_from_environment()
+        self.batch = k8s.BatchV1Api(self.api_client)
+        self.core = k8s.CoreV1Api(self.api_client)
+        self.on_problem = on_problem
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, executor_config, **kwargs) -> KubernetesExecutor:
+        """From the pipeline's `executor` section."""
+        return cls(executor_config.namespace, executor_config.kubernetes, **kwargs)
+
+    # -- the Executor interface ---------------------------------------------------------------
+
+    def run(self, job: StageJob) -> StageResult:
+        if job.spec.store.kind != "s3":
+            return StageResult(status="failed", permanent=True,
+                               reason="the kubernetes executor needs store.kind: s3 (pods do "
+                               "not share a local folder)")
+        if self._is_cancelled(job.run_id):
+            return StageResult(status="cancelled", reason="run cancelled")
+        rendered = render_stage(job, self.settings, self.namespace)
+        created = self._create(rendered)
+        log.info("%s: %s job %s/%s", job.stage, "created" if created else "adopted existing",
+                 self.namespace, rendered.name)
+        return self._follow(job, rendered.name)
+
+    def adopt(self, job: StageJob) -> StageResult | None:
+        name = job_name(job.run_id, job.stage, job.attempt)
+        selector = ",".join([f"{LABEL_RUN}={run_label(job.run_id)}", f"{LABEL_STAGE}={job.stage}",
+                             f"{LABEL_ATTEMPT}={job.attempt}"])
+        found = call(self.batch.list_namespaced_job, self.namespace, label_selector=selector).items
+        if not found:
+            return None
+        if all(j.metadata.name != name for j in found):
+            name = found[0].metadata.name
+        log.info("%s: adopting job %s/%s", job.stage, self.namespace, name)
+        return self._follow(job, name)
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(run_id)
+        selector = f"{LABEL_APP}=xwin,{LABEL_RUN}={run_label(run_id)}"
+        for found in call(self.batch.list_namespaced_job, self.namespace, label_selector=selector).items:
+            self._delete_stage_objects(found.metadata.name)
+
+    # -- creating --------------------------------------------------------------------------------
+
+    def _create(self, rendered: RenderedStage) -> bool:
+        """Create the Job, then its ConfigMap and Service owned by it (Kubernetes deletes them
+        with the Job, after its TTL too). The pods wait for the ConfigMap volume meanwhile.
+        False: the Job already existed (a previous controller made it) and is followed as is."""
+        try:
+            job = call(self.batch.create_namespaced_job, self.namespace, rendered.job)
+            created = True
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            job = call(self.batch.read_namespaced_job, rendered.name, self.namespace)
+            created = False
+        owner = k8s.V1OwnerReference(api_version="batch/v1", kind="Job",
+                                     name=job.metadata.name, uid=job.metadata.uid)
+        for obj, create in ((rendered.config_map, self.core.create_namespaced_config_map),
+                            (rendered.service, self.core.create_namespaced_service)):
+            if obj is None:
+                continue
+            obj.metadata.owner_references = [owner]
+            try:
+                call(create, self.namespace, obj)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+        return created
+
+    def _delete_stage_objects(self, name: str) -> None:
+        """The Job with its pods (Foreground: gone when the delete completes), and the
+        Service and ConfigMap of the same name."""
+        body = k8s.V1DeleteOptions(propagation_policy="Foreground")
+        for delete in (self.batch.delete_namespaced_job, self.core.delete_namespaced_service,
+                       self.core.delete_namespaced_config_map):
+            try:
+                call(delete, name, self.namespace, body=body)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    def _is_cancelled(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._cancelled
+
+    # -- following -------------------------------------------------------------------------------
+
+    def _follow(self, job: StageJob, name: str) -> StageResult:
+        """Watch Job `name` until it ends (or must be given up) and report how it ended."""
+        watcher = ResumableWatch(self.batch.list_namespaced_job, self.namespace,
+                                 field_selector=f"metadata.name={name}",
+                                 timeout_s=self.settings.watch_timeout_s)
+        stuck_since: dict[tuple[str, str], float] = {}
+        seen_job = False
+        while True:
+            for event in watcher.events():
+                obj = event["object"]
+                seen_job = True
+                if event["type"] == "DELETED" or obj.metadata.deletion_timestamp:
+                    return self._deleted(job, name)
+                if (outcome := diagnose.job_outcome(obj)) is not None:
+                    return self._finish(job, name, obj, outcome)
+                if (given_up := self._check_pods(job, name, stuck_since)) is not None:
+                    return given_up
+            # The watch request ended quietly: check on the pods, then resume.
+            if self._is_cancelled(job.run_id):
+                return self._deleted(job, name)
+            if not seen_job:
+                return StageResult(status="failed", reason=f"job {self.namespace}/{name} not found")
+            if (given_up := self._check_pods(job, name, stuck_since)) is not None:
+                return given_up
+
+    def _deleted(self, job: StageJob, name: str) -> StageResult:
+        log_path = self._fetch_logs(job, name)
+        if self._is_cancelled(job.run_id):
+            return StageResult(status="cancelled", reason="run cancelled", log_path=log_path)
+        return StageResult(status="failed", reason=f"job {self.namespace}/{name} was deleted",
+                           log_path=log_path)
+
+    def _pods(self, name: str) -> list[k8s.V1Pod]:
+        return call(self.core.list_namespaced_pod, self.namespace,
+                    label_selector=f"{JOB_NAME_LABEL}={name}").items
+
+    def _check_pods(self, job: StageJob, name: str,
+                    stuck_since: dict[tuple[str, str], float]) -> StageResult | None:
+        """Pods that cannot start never fail a Job by themselves: give up on them here."""
+        now = time.monotonic()
+        for pod in self._pods(name):
+            problem = diagnose.pod_problem(pod)
+            if problem is None or problem.failed:
+                continue
+            key = (problem.pod, problem.reason)
+            if key not in stuck_since:
+                stuck_since[key] = now
+                problem = self._with_events(problem)
+                log.warning("%s: %s", job.stage, problem.describe())
+                if self.on_problem is not None:
+                    self.on_problem(job, problem.describe())
+            if problem.reason == "Unschedulable":
+                limit = self.settings.unschedulable_timeout_s
+            else:
+                limit = self.settings.image_pull_grace_s
+            if limit is not None and now - stuck_since[key] >= limit:
+                problem = self._with_events(problem)
+                log_path = self._fetch_logs(job, name)
+                self._delete_stage_objects(name)
+                return StageResult(status="failed", reason=problem.describe(),
+                                   permanent=problem.permanent, log_path=log_path)
+        return None
+
+    def _finish(self, job: StageJob, name: str, obj: k8s.V1Job, outcome: str) -> StageResult:
+        log_path = self._fetch_logs(job, name)
+        if outcome == "succeeded":
+            return StageResult(status="succeeded", exit_code=0, log_path=log_path)
+        job_reason, job_message = diagnose.job_failure(obj)
+        problem = diagnose.first_failure(self._pods(name))
+        if problem is None:  # e.g. DeadlineExceeded with the pods already gone
+            return StageResult(status="failed", reason=f"{job_reason}: {job_message}".rstrip(": "),
+                               log_path=log_path)
+        problem = self._with_events(problem)
+        reason = problem.describe()
+        if job_reason in ("DeadlineExceeded",):
+            reason = f"DeadlineExceeded: {job_message}; {reason}"
+        failed_log = job.log_dir / self._log_names(job, name).get(problem.pod, "")
+        return StageResult(status="failed", exit_code=problem.exit_code, reason=reason,
+                           permanent=problem.permanent,
+                           log_path=failed_log if failed_log.is_file() else log_path)
+
+    def _with_events(self, problem: diagnose.PodProblem) -> diagnose.PodProblem:
+        try:
+            events = call(self.core.list_namespaced_event, self.namespace,
+                          field_selector=f"involvedObject.name={problem.pod}").items
+        except ApiException as e:  # events are a nicety; RBAC may not grant them
+            log.debug("no events for %s: %s", problem.pod, e.reason)
+            return problem
+        return diagnose.with_event_detail(problem, events)
+
+    # -- logs ------------------------------------------------------------------------------------
+
+    def _log_names(self, job: StageJob, name: str) -> dict[str, str]:
+        """Pod -> log file name, as the local executor names them: `<stage>.<attempt>.log` for
+        index 0, `.rank-i` / `.shard-i` for the others, `.<pod>` for earlier tries of an index."""
+        kind = {"train": "rank", "sharded": "shard"}.get(job.profile.kind, "pod")
+        pods = sorted(self._pods(name), key=lambda p: (p.metadata.creation_timestamp or _EPOCH,
+                                                       p.metadata.name))
+        names: dict[str, str] = {}
+        taken: set[str] = set()
+        for pod in reversed(pods):  # the newest try of each index gets the plain name
+            index = diagnose.completion_index(pod) or 0
+            base = f"{job.stage}.{job.attempt}" + (f".{kind}-{index}" if index else "")
+            file = f"{base}.log" if base not in taken else f"{base}.{pod.metadata.name}.log"
+            taken.add(base)
+            names[pod.metadata.name] = file
+        return names
+
+    def _fetch_logs(self, job: StageJob, name: str) -> Path | None:
+        """Every pod's log into job.log_dir; the path of index 0's (the main log)."""
+        job.log_dir.mkdir(parents=True, exist_ok=True)
+        main = None
+        for pod, file in self._log_names(job, name).items():
+            path = job.log_dir / file
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                # streamed to the file: a long training log need not fit in memory
+                response = call(self.core.read_namespaced_pod_log, pod, self.namespace,
+                                container=CONTAINER, _preload_content=False)
+                with open(tmp, "wb") as out:
+                    out.writelines(response.stream(1 << 16))
+                response.release_conn()
+            except ApiException as e:  # never started (image pull), or already gone
+                tmp.write_text(f"[no log from pod {pod}: {e.status} {e.reason}]\n")
+            os.replace(tmp, path)
+            if file == f"{job.stage}.{job.attempt}.log":
+                main = path
+        return main

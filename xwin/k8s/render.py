@@ -1,0 +1,393 @@
+"""A stage attempt as Kubernetes objects, built from the client's typed models (a wrong field
+fails here, in Python, not in the cluster): a ConfigMap with the stage spec, a Job running
+`xwin stage NAME --config /etc/xwin/spec.yaml`, and for training gangs a headless Service.
+
+    training (kind train):  Indexed Job, completions = parallelism = nodes, rank from
+                            JOB_COMPLETION_INDEX, rendezvous at `<job>-0.<job>.<ns>.svc`; any
+                            failed pod fails the whole Job (a rank cannot restart alone).
+    sample/score (sharded): Indexed Job, one shard per completion index.
+    the rest (single):      one small pod.
+
+The local executor runs the same container (`container_command()`, `container_env()`) as
+processes on 127.0.0.1, so both executors start stages the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+
+from xwin.config_base import ConfigError
+from xwin.controller.executor import JobProfile, StageJob
+from xwin.k8s.naming import (
+    ANNOTATION_RUN_ID,
+    COMPLETION_INDEX_ANNOTATION,
+    JOB_NAME_LABEL,
+    job_name,
+    master_addr,
+    stage_labels,
+)
+from xwin.k8s.settings import KubernetesConfig
+
+SPEC_DIR = "/etc/xwin"
+SPEC_PATH = f"{SPEC_DIR}/spec.yaml"
+DATA_DIR = "/var/lib/xwin"  # the writable emptyDir: workdir, home, caches
+CONTAINER = "stage"
+
+# Where the pod's filesystem differs from a local machine's: the local executor drops these.
+POD_FILESYSTEM_ENV = {
+    "HOME": f"{DATA_DIR}/home",
+    "XDG_CACHE_HOME": f"{DATA_DIR}/cache",
+    "HF_HOME": f"{DATA_DIR}/cache/huggingface",
+    "TRITON_CACHE_DIR": f"{DATA_DIR}/cache/triton",
+    "TMPDIR": "/tmp",
+}
+# Exit code of a stage that failed on bad config or data (xwin.stages.runner.EXIT_USER_ERROR).
+EXIT_USER_ERROR = 2
+
+_serializer: k8s.ApiClient | None = None
+
+
+def to_dict(obj: Any) -> Any:
+    """A typed model as the API's JSON form (camelCase keys, no nulls)."""
+    global _serializer
+    if _serializer is None:
+        _serializer = k8s.ApiClient()
+    return _serializer.sanitize_for_serialization(obj)
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Multi-line strings (the stage spec in its ConfigMap) as readable `|` blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_ManifestDumper.add_representer(str, _str_representer)
+
+
+def dump_manifests(docs: list[dict[str, Any]]) -> str:
+    """Manifests as one multi-document YAML stream (for `kubectl apply -f -`)."""
+    return yaml.dump_all(docs, Dumper=_ManifestDumper, sort_keys=False)
+
+
+@dataclass
+class RenderedStage:
+    """The objects of one stage attempt, in the order they are applied."""
+
+    job: k8s.V1Job
+    config_map: k8s.V1ConfigMap
+    service: k8s.V1Service | None = None
+
+    @property
+    def name(self) -> str:
+        return self.job.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.job.metadata.namespace
+
+    def objects(self) -> list[Any]:
+        return [o for o in (self.config_map, self.service, self.job) if o is not None]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [to_dict(o) for o in self.objects()]
+
+    def to_yaml(self) -> str:
+        return dump_manifests(self.to_dicts())
+
+    @property
+    def container(self) -> k8s.V1Container:
+        return self.job.spec.template.spec.containers[0]
+
+    @property
+    def completions(self) -> int:
+        """Pods the Job runs: ranks of a gang, shards of a sharded stage, else 1."""
+        return self.job.spec.completions
+
+    def container_command(self, spec_path: str | Path | None = None) -> list[str]:
+        """The container's argv; spec_path replaces the ConfigMap mount for a local process."""
+        argv = list(self.container.command) + list(self.container.args or [])
+        if spec_path is not None:
+            argv = [str(spec_path) if a == SPEC_PATH else a for a in argv]
+        return argv
+
+    def container_env(self, index: int = 0, *, local: bool = False) -> dict[str, str]:
+        """The literal environment of completion `index`, as Kubernetes would set it.
+
+        Values from Secrets are left out (a local process inherits them from its own
+        environment). local=True: no pod filesystem paths, rendezvous on 127.0.0.1."""
+        env = {}
+        for var in self.container.env or []:
+            if var.value is not None:
+                env[var.name] = var.value
+            elif var.value_from.field_ref is not None:  # the completion index, downward API
+                env[var.name] = str(index)
+        if self.job.spec.completion_mode == "Indexed":
+            env["JOB_COMPLETION_INDEX"] = str(index)
+        if local:
+            for key in POD_FILESYSTEM_ENV:
+                env.pop(key, None)
+            if "MASTER_ADDR" in env:
+                env["MASTER_ADDR"] = "127.0.0.1"
+        return env
+
+
+def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> RenderedStage:
+    """The Kubernetes objects of one stage attempt.
+
+    settings: the pipeline's `executor` section (ExecutorConfig: namespace + its `kubernetes`
+    settings), or a KubernetesConfig with `namespace` given."""
+    if isinstance(settings, KubernetesConfig):
+        kube, ns = settings, namespace or "default"
+    else:
+        kube, ns = settings.kubernetes, namespace or settings.namespace
+    profile = job.profile
+    _check_tensor_parallel(job)
+    name = job_name(job.run_id, job.stage, job.attempt)
+    labels = {**kube.labels, **stage_labels(job.run_id, job.stage, job.attempt)}
+    annotations = {ANNOTATION_RUN_ID: job.run_id, "xwin.dev/config-digest": job.spec.config_digest}
+    completions = {"train": profile.nodes, "sharded": profile.shards}.get(profile.kind, 1)
+
+    # The pod sees its spec with the pod's own workdir and shard count.
+    spec = job.spec.model_copy(update={"workdir": Path(f"{DATA_DIR}/work")})
+    if profile.kind == "sharded":
+        spec = spec.model_copy(update={"shards": completions})
+    config_map = k8s.V1ConfigMap(
+        api_version="v1",
+        kind="ConfigMap",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=labels, annotations=annotations),
+        data={"spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)},
+        immutable=True,
+    )
+
+    service = None
+    env = _env(job, kube, name, ns)
+    if profile.kind == "train":
+        service = k8s.V1Service(
+            api_version="v1",
+            kind="Service",
+            metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=labels),
+            spec=k8s.V1ServiceSpec(
+                cluster_ip="None",  # headless: one DNS record per pod, no load balancing
+                selector={JOB_NAME_LABEL: name},
+                # rank 0 must resolve before it is Ready, or the other ranks cannot rendezvous
+                publish_not_ready_addresses=True,
+                ports=[k8s.V1ServicePort(name="rendezvous", port=kube.master_port,
+                                         target_port=kube.master_port)],
+            ),
+        )
+
+    pod = k8s.V1PodTemplateSpec(
+        metadata=k8s.V1ObjectMeta(
+            labels=labels, annotations={**kube.annotations, ANNOTATION_RUN_ID: job.run_id}
+        ),
+        spec=_pod_spec(job, kube, name, env),
+    )
+    job_obj = k8s.V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=labels, annotations=annotations),
+        spec=k8s.V1JobSpec(
+            completions=completions,
+            parallelism=completions,
+            completion_mode="NonIndexed" if profile.kind == "single" else "Indexed",
+            ttl_seconds_after_finished=profile.ttl_after_finished_s,
+            active_deadline_seconds=profile.active_deadline_s,
+            pod_failure_policy=_pod_failure_policy(profile),
+            template=pod,
+            **_backoff(profile),
+        ),
+    )
+    return RenderedStage(job=job_obj, config_map=config_map, service=service)
+
+
+def _check_tensor_parallel(job: StageJob) -> None:
+    """A model split over more GPUs than the pod has would fail only once scheduled."""
+    def sizes(node: Any, path: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "tensor_parallel_size" and isinstance(value, int):
+                    yield f"{path}{key}", value
+                else:
+                    yield from sizes(value, f"{path}{key}.")
+
+    gpus = job.profile.gpus
+    for path, size in sizes(job.spec.config, f"{job.stage}."):
+        if gpus and size > gpus:
+            raise ConfigError(f"{path}={size} needs {size} GPUs in one pod; the {job.stage} "
+                              f"profile gives {gpus} (executor.profiles.{job.stage}.gpus)")
+
+
+def _backoff(profile: JobProfile) -> dict[str, int]:
+    if profile.kind == "sharded":
+        # A failed shard retries alone; the others keep their progress.
+        return {"backoff_limit_per_index": profile.backoff_limit}
+    return {"backoff_limit": profile.backoff_limit}
+
+
+def _pod_failure_policy(profile: JobProfile) -> k8s.V1PodFailurePolicy:
+    if profile.kind == "train":
+        # A gang fails together: a rank restarted alone cannot rejoin the collective, so any
+        # failed or evicted pod fails the Job and the controller retries the whole stage.
+        rules = [
+            k8s.V1PodFailurePolicyRule(
+                action="FailJob",
+                on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=CONTAINER, operator="NotIn", values=[0]
+                ),
+            ),
+            k8s.V1PodFailurePolicyRule(
+                action="FailJob",
+                on_pod_conditions=[
+                    k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")
+                ],
+            ),
+        ]
+    else:
+        rules = [
+            # Bad config or data: no retry can help.
+            k8s.V1PodFailurePolicyRule(
+                action="FailJob",
+                on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=CONTAINER, operator="In", values=[EXIT_USER_ERROR]
+                ),
+            ),
+            # Preemption or node drain is not the stage's fault: retry without counting it.
+            k8s.V1PodFailurePolicyRule(
+                action="Ignore",
+                on_pod_conditions=[
+                    k8s.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")
+                ],
+            ),
+        ]
+    return k8s.V1PodFailurePolicy(rules=rules)
+
+
+def _env(job: StageJob, kube: KubernetesConfig, name: str, ns: str) -> list[k8s.V1EnvVar]:
+    profile = job.profile
+    values: dict[str, str] = {
+        "XWIN_RUN_ID": job.run_id,
+        "XWIN_STAGE": job.stage,
+        "XWIN_STAGE_ATTEMPT": str(job.attempt),
+        "PYTHONUNBUFFERED": "1",  # logs reach `kubectl logs` as they are written
+        **POD_FILESYSTEM_ENV,
+    }
+    if profile.kind == "train":
+        values.update(
+            XWIN_NNODES=str(profile.nodes),
+            XWIN_NPROC_PER_NODE=str(profile.nproc_per_node),
+            MASTER_ADDR=master_addr(name, ns),
+            MASTER_PORT=str(kube.master_port),
+        )
+    elif profile.kind == "sharded":
+        # vLLM / the scorer split the model over every GPU of the pod.
+        values["XWIN_TENSOR_PARALLEL_SIZE"] = str(max(1, profile.gpus))
+    values.update(profile.env)
+    env = [k8s.V1EnvVar(name=k, value=v) for k, v in values.items()]
+    if profile.kind == "train" and profile.nproc_per_node == 1:
+        # The pod's one process is the rank itself (as the local executor sets it); with more
+        # processes per pod the stage's launcher derives ranks from JOB_COMPLETION_INDEX.
+        env += [k8s.V1EnvVar(name=k, value=v) for k, v in
+                {"WORLD_SIZE": str(profile.nodes), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items()]
+        env += [_completion_index_env(k) for k in ("RANK", "NODE_RANK")]
+    if job.spec.store.kind == "s3":
+        env += [
+            k8s.V1EnvVar(
+                name=var,
+                value_from=k8s.V1EnvVarSource(
+                    secret_key_ref=k8s.V1SecretKeySelector(name=kube.s3_secret, key=key)
+                ),
+            )
+            for var, key in kube.s3_secret_keys.items()
+        ]
+    return env
+
+
+def _completion_index_env(name: str) -> k8s.V1EnvVar:
+    """A variable holding the pod's completion index (the downward API's view of the
+    annotation the Job controller sets on every pod of an Indexed Job)."""
+    return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
+        field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']")))
+
+
+def _pod_spec(job: StageJob, kube: KubernetesConfig, name: str,
+              env: list[k8s.V1EnvVar]) -> k8s.V1PodSpec:
+    profile = job.profile
+    requests = {"cpu": profile.cpu, "memory": profile.memory}
+    limits = {"memory": profile.memory}  # no CPU limit: throttling only slows a batch job
+    if profile.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(profile.gpus)
+    container = k8s.V1Container(
+        name=CONTAINER,
+        image=profile.image,
+        image_pull_policy=kube.image_pull_policy,
+        command=["xwin", "stage", job.stage],
+        args=["--config", SPEC_PATH],
+        working_dir=DATA_DIR,
+        env=env,
+        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
+        ports=[k8s.V1ContainerPort(name="rendezvous", container_port=kube.master_port)]
+        if profile.kind == "train" else None,
+        security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=kube.read_only_root_filesystem,
+            run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+        volume_mounts=[
+            k8s.V1VolumeMount(name="spec", mount_path=SPEC_DIR, read_only=True),
+            k8s.V1VolumeMount(name="data", mount_path=DATA_DIR),
+            k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+            k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"),
+        ],
+    )
+    volumes = [
+        k8s.V1Volume(name="spec", config_map=k8s.V1ConfigMapVolumeSource(
+            name=name, items=[k8s.V1KeyToPath(key="spec.yaml", path="spec.yaml")])),
+        k8s.V1Volume(name="data", empty_dir=k8s.V1EmptyDirVolumeSource(
+            size_limit=kube.work_volume_size)),
+        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
+        # The container runtime's 64 MiB /dev/shm starves NCCL and DataLoader workers.
+        k8s.V1Volume(name="shm", empty_dir=k8s.V1EmptyDirVolumeSource(
+            medium="Memory", size_limit=profile.shm_size or "1Gi")),
+    ]
+    return k8s.V1PodSpec(
+        restart_policy="Never",  # the Job, not the kubelet, decides about retries
+        subdomain=name if profile.kind == "train" else None,
+        service_account_name=kube.service_account,
+        automount_service_account_token=False,
+        enable_service_links=False,
+        priority_class_name=profile.priority_class,
+        node_selector=profile.node_selector or None,
+        tolerations=[_toleration(t, job.stage) for t in profile.tolerations] or None,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in kube.image_pull_secrets]
+        or None,
+        security_context=k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=kube.run_as_user,
+            run_as_group=kube.run_as_user,
+            fs_group=kube.run_as_user,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        containers=[container],
+        volumes=volumes,
+    )
+
+
+def _toleration(data: dict[str, Any], stage: str) -> k8s.V1Toleration:
+    """A profile's toleration (the API's camelCase keys) as the typed model."""
+    by_json_key = {json_key: attr for attr, json_key in k8s.V1Toleration.attribute_map.items()}
+    unknown = sorted(set(data) - set(by_json_key))
+    if unknown:
+        raise ConfigError(
+            f"profile {stage}: toleration {data}: unknown key(s) {', '.join(unknown)}; "
+            f"expected {', '.join(sorted(by_json_key))}"
+        )
+    return k8s.V1Toleration(**{by_json_key[k]: v for k, v in data.items()})

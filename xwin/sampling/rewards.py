@@ -1,0 +1,49 @@
+"""Scoring (context, response) pairs with a reward model, in length-sorted batches.
+
+Sorting by length before batching means each batch pads only to its own longest sequence, which
+for 64 responses of very different lengths saves most of the padded compute; the scores are
+returned in input order regardless. Batches are right-padded and the attention mask is built
+from the true lengths (never from pad ids: SmolLM2's pad token is its end-of-turn token, which
+ends every scored sequence)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from xwin.data.dataset import pad_right
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
+    """Index batches; sorted longest first (a batch too big for memory fails at once, not an hour
+    in), or in input order when `sort` is False."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)) if sort else list(range(len(lengths)))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def score_sequences(
+    reward_model: torch.nn.Module,
+    sequences: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    sort_by_length: bool = True,
+    progress: bool = True,
+) -> list[float]:
+    """One reward per token sequence (context + reply, ending with the reply's end-of-turn
+    token), in input order. `reward_model(input_ids, attention_mask)` returns rewards [B]."""
+    if not sequences:
+        return []
+    device = next(reward_model.parameters()).device
+    scores: list[float] = [0.0] * len(sequences)
+    batches = length_sorted_batches([len(s) for s in sequences], batch_size, sort_by_length)
+    for batch in tqdm(batches, desc="score", unit="batch", disable=not progress):
+        input_ids = pad_right([sequences[i] for i in batch], pad_id)
+        attention_mask = pad_right([[1] * len(sequences[i]) for i in batch], 0)
+        rewards = reward_model(input_ids.to(device), attention_mask.to(device))
+        for i, value in zip(batch, rewards.float().cpu().tolist()):
+            scores[i] = float(value)
+    return scores

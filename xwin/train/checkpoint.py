@@ -1,0 +1,216 @@
+"""Periodic checkpoints in the artifact store, resuming from them, and exporting the final model.
+
+A checkpoint is DeepSpeed's own (weights, optimizer and LR-schedule state, every ZeRO shard) plus
+what DeepSpeed does not keep: the data position and counters (trainer_state.json), each rank's
+RNG states, and the metrics history. Store layout, for output key K:
+
+    K.ckpt/step-00000500/node-0    artifact: the files node 0's ranks wrote
+    K.ckpt/step-00000500/node-1    ...one per node
+    K.ckpt/latest                  record: {"tag", "step", "nodes", "world_size"}, written last
+
+Saving: every rank writes into the node's local folder; after a barrier each node's local rank 0
+commits that folder under its node key (one node, e.g. the local executor: node-0 holds every
+rank's files); after a second barrier rank 0 moves the `latest` pointer and deletes older steps.
+A crash before the pointer moves leaves the previous checkpoint in force. Multi-node runs set
+DeepSpeed's use_node_local_storage, so each node writes the model states its ranks read back;
+nodes that share one folder (a shared volume as workdir) simply commit identical files twice.
+Resuming: each node's local rank 0 fetches every node's part and links them into one folder,
+then all ranks load it; a changed world size starts afresh (ZeRO shards are per rank).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xwin.artifacts import ArtifactNotFound, ArtifactStore
+from xwin.train.launch import ProcessPlan, barrier
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+HISTORY_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: what a resumed run needs besides the engine's own state."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    micro_batch: int = 0  # micro-batches of `epoch` already trained
+    tokens: int = 0  # tokens trained, all ranks
+
+
+def rng_states() -> dict[str, Any]:
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+class Checkpoints:
+    """The checkpoints of one stage output (see the module docstring)."""
+
+    def __init__(self, store: ArtifactStore, output_key: str, local_root: Path, plan: ProcessPlan,
+                 producer: str):
+        self.store = store
+        self.prefix = f"{output_key}.ckpt"
+        self.local_root = Path(local_root)
+        self.plan = plan
+        self.producer = producer
+
+    def _node_key(self, tag: str, node: int) -> str:
+        return f"{self.prefix}/{tag}/node-{node}"
+
+    @property
+    def pointer_key(self) -> str:
+        return f"{self.prefix}/latest"
+
+    def latest(self) -> dict[str, Any] | None:
+        raw = self.store.get_record(self.pointer_key)
+        pointer = json.loads(raw) if raw else None
+        return pointer if pointer and pointer.get("tag") else None
+
+    def save(self, engine, state: TrainState, history: list[dict]) -> None:
+        """Collective: every rank calls it at the same step."""
+        tag = f"step-{state.step:08d}"
+        folder = self.local_root / tag
+        engine.save_checkpoint(str(self.local_root), tag=tag)
+        folder.mkdir(parents=True, exist_ok=True)  # ranks that wrote no DeepSpeed file
+        torch.save(rng_states(), folder / f"rng_state_rank{self.plan.rank}.pt")
+        if self.plan.is_main:
+            (folder / STATE_FILE).write_text(json.dumps(asdict(state)))
+            (folder / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
+        barrier()
+        if self.plan.is_node_leader:
+            self.store.commit(
+                self._node_key(tag, self.plan.node_rank), folder, producer=self.producer,
+                metadata={"step": state.step, "node": self.plan.node_rank},
+            )
+        barrier()
+        if self.plan.is_main:
+            pointer = {"tag": tag, "step": state.step, "nodes": self.plan.nnodes,
+                       "world_size": self.plan.world_size}
+            self.store.put_record(self.pointer_key, json.dumps(pointer).encode())
+            for key in self.store.list(self.prefix + "/"):
+                if not key.startswith(f"{self.prefix}/{tag}/"):
+                    self.store.delete(key)
+        if self.plan.is_node_leader:
+            for old in self.local_root.iterdir():
+                if old.is_dir() and old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        log.info("checkpoint %s committed under %s", tag, self.prefix)
+
+    def restore(self, engine) -> tuple[TrainState, list[dict]] | None:
+        """Collective: load the latest committed checkpoint into `engine`; None = start afresh."""
+        pointer = self.latest()
+        if pointer is None:
+            return None
+        if pointer["world_size"] != self.plan.world_size:
+            log.warning("checkpoint %s was written by %d processes, this run has %d: starting afresh",
+                        pointer["tag"], pointer["world_size"], self.plan.world_size)
+            return None
+        tag = pointer["tag"]
+        merged_root = self.local_root.parent / "resume"
+        folder = merged_root / tag
+        if self.plan.is_node_leader:
+            try:
+                self._link_parts(tag, pointer["nodes"], folder)
+            except ArtifactNotFound as e:
+                raise RuntimeError(f"checkpoint {tag} is incomplete in the store: {e}") from e
+        barrier()
+        load_path, _ = engine.load_checkpoint(
+            str(merged_root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}")
+        state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
+        rng_file = folder / f"rng_state_rank{self.plan.rank}.pt"
+        set_rng_states(torch.load(rng_file, weights_only=False))
+        history = [json.loads(line) for line in (folder / HISTORY_FILE).read_text().splitlines() if line]
+        log.info("resumed from checkpoint %s (step %d)", tag, state.step)
+        return state, history
+
+    def _link_parts(self, tag: str, nodes: int, folder: Path) -> None:
+        """One folder holding every node's files (symlinks into the fetched artifacts)."""
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for node in range(nodes):
+            part = self.store.fetch(self._node_key(tag, node))
+            for src in sorted(p for p in part.rglob("*") if p.is_file()):
+                dst = folder / src.relative_to(part)
+                if not dst.exists():  # the same file from two nodes: identical, keep one
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.symlink_to(src.absolute())
+
+    def clear(self) -> None:
+        """After the final model is committed the checkpoints are dead weight: delete them."""
+        if not self.plan.is_main:
+            return
+        self.store.put_record(self.pointer_key, json.dumps({"tag": None, "completed": True}).encode())
+        for key in self.store.list(self.prefix + "/"):
+            self.store.delete(key)
+        shutil.rmtree(self.local_root, ignore_errors=True)
+        shutil.rmtree(self.local_root.parent / "resume", ignore_errors=True)
+
+
+def gathered_state_dict(module: torch.nn.Module, zero_stage: int, is_main: bool) -> dict[str, torch.Tensor] | None:
+    """The full state dict on rank 0 (None elsewhere), tied weights once (named_parameters skips
+    the second name of a shared tensor, so save_pretrained keeps the tie). Collective under ZeRO-3:
+    every rank must call it; parameters are gathered one at a time, so peak memory stays one
+    tensor above the shard."""
+    import deepspeed
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in module.named_parameters():
+        gathered = deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=zero_stage == 3)
+        with gathered:
+            if is_main:
+                state[name] = param.data.detach().cpu().clone()
+    if not is_main:
+        return None
+    persistent = set(module.state_dict())
+    for name, buffer in module.named_buffers():  # buffers are never sharded
+        if name in persistent:
+            state[name] = buffer.detach().cpu().clone()
+    return state
+
+
+def write_folder_atomically(out_dir: Path, write) -> Path:
+    """`write(tmp_dir)` fills a temporary sibling folder, which then replaces out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        write(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,115 @@
+"""What every training stage does around the loop: join the process group (or start this node's
+workers), read its inputs, and export + commit the trained model once, from rank 0."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xwin.data.io import read_records
+from xwin.stages.base import StageContext
+from xwin.train.checkpoint import Checkpoints, gathered_state_dict, write_folder_atomically
+from xwin.train.launch import ProcessPlan, barrier, init_distributed, plan_processes, shutdown, spawn_workers
+from xwin.train.loop import TrainResult
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def run_distributed(ctx: StageContext, body: Callable[[ProcessPlan, torch.device], dict[str, float]]) -> dict[str, float]:
+    """Run `body(plan, device)` as one worker of the job; or, on a node that must start several
+    workers, start them (each re-runs this stage) and return the committed output's metrics."""
+    plan = plan_processes()
+    if plan.spawn_workers:
+        spawn_workers(plan)
+        manifest = ctx.store.manifest(ctx.output_key)
+        return manifest.metadata.get("metrics", {}) if manifest is not None else {}
+    # StageContext read RANK/WORLD_SIZE before an Indexed-Job pod's rank was known
+    ctx.rank, ctx.world_size = plan.rank, plan.world_size
+    device = init_distributed(plan)
+    try:
+        return body(plan, device)
+    finally:
+        shutdown()
+
+
+def checkpoints_for(ctx: StageContext, plan: ProcessPlan) -> Checkpoints:
+    return Checkpoints(ctx.store, ctx.output_key, ctx.workdir / "checkpoints", plan,
+                       producer=f"{ctx.spec.stage}-checkpoint")
+
+
+def metrics_path(ctx: StageContext) -> Path:
+    return ctx.workdir / METRICS_FILE
+
+
+def read_input_records(ctx: StageContext, name: str, kind: str) -> list:
+    """Every validated record of input `name`, over all of its shards."""
+    return [record for part in ctx.input_parts(name) for record in read_records(part, kind)]
+
+
+def input_fingerprint(ctx: StageContext, name: str) -> str:
+    """Identifies an input's content cheaply: the commit id of an artifact, else the names, sizes
+    and modification times of a local path's files."""
+    ref = ctx.spec.inputs[name]
+    key = ref.partition("#")[0]
+    if (manifest := ctx.store.manifest(key)) is not None:
+        return f"{ref}@{manifest.commit_id}"
+    path = Path(ref)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    blob = "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files if p.exists())
+    return f"{ref}@{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def flat_metrics(**groups: dict[str, Any]) -> dict[str, float]:
+    """Numbers only (the manifest's metrics); nested dicts become prefix_key."""
+    out: dict[str, float] = {}
+    for prefix, values in groups.items():
+        for key, value in values.items():
+            name = f"{prefix}_{key}" if prefix else key
+            if isinstance(value, dict):
+                out.update(flat_metrics(**{name: value}))
+            elif isinstance(value, (int, float, bool)):
+                out[name] = float(value)
+    return out
+
+
+def export_causal_lm(result: TrainResult, zero_stage: int, plan: ProcessPlan, tokenizer: Any) -> Callable[[Path], None]:
+    """Collective (ZeRO-3 gathers shards): returns the writer of an HF folder (safetensors +
+    tokenizer) that transformers and vLLM load unchanged; the writer is for rank 0 only."""
+    module = result.engine.module
+    state = gathered_state_dict(module, zero_stage, plan.is_main)
+
+    def write(folder: Path) -> None:
+        module.config.use_cache = True  # training switched it off; generation wants it
+        module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write
+
+
+def finish(ctx: StageContext, plan: ProcessPlan, checkpoints: Checkpoints | None,
+           write_output: Callable[[Path], None], metrics: dict[str, float]) -> dict[str, float]:
+    """Rank 0 writes the output folder atomically (with metrics.jsonl), commits it, and the run's
+    checkpoints are deleted; every rank returns the metrics."""
+    if plan.is_main:
+        out_dir = ctx.workdir / "output"
+
+        def write(folder: Path) -> None:
+            write_output(folder)
+            if metrics_path(ctx).exists():
+                shutil.copyfile(metrics_path(ctx), folder / METRICS_FILE)
+
+        write_folder_atomically(out_dir, write)
+        ctx.commit(out_dir, metrics)
+        log.info("committed %s", ctx.output_key)
+    barrier()
+    if checkpoints is not None:
+        checkpoints.clear()
+    return metrics
