@@ -52,6 +52,7 @@ class FakeKubeAPI:
         self.oldest_rv = 0  # watches from before this get 410
         self.rv = 100
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
+        self.headers: list[dict[str, str]] = []  # each request's headers
         self.deletes: list[tuple[str, str, str | None]] = []  # (kind, name, propagationPolicy)
         self.scripts: dict[str, str] = {}  # stage -> script name; default "succeed"
         self.logs: dict[str, str] = {}  # pod name -> log text
@@ -354,6 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.api.requests.append((self.command, url.path, query))
+        self.api.headers.append(dict(self.headers))
         m = _ROUTE.match(url.path)
         if m is None:
             self._send(404, status(404, "NotFound", f"no route {url.path}"))

@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -46,13 +47,14 @@ def xwin_env() -> dict[str, str]:
 def xwin(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """`xwin ARGS` as a subprocess; output captured for the assertion messages."""
     return subprocess.run([sys.executable, "-m", "xwin.cli", *args], cwd=cwd, env=xwin_env(),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def start_xwin(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
-    out = open(log, "wb")
-    return subprocess.Popen([sys.executable, "-m", "xwin.cli", *args], cwd=cwd, env=xwin_env(),
-                            stdout=out, stderr=subprocess.STDOUT)
+    """`xwin ARGS` in the background, its output going to log."""
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "xwin.cli", *args], cwd=cwd,
+                                env=xwin_env(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def records(workdir: Path) -> list[RunRecord]:

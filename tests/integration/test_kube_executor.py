@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from kube_api_server import FakeKubeAPI
 from kubernetes import client as k8s
 
+from xwin.config import ExecutorConfig
 from xwin.config_base import StoreConfig
 from xwin.controller.executor import StageJob
 from xwin.k8s.executor import KubernetesExecutor
+from xwin.k8s.naming import job_name
 from xwin.k8s.profiles import load_profiles
-from xwin.k8s.render import job_name, render_stage
+from xwin.k8s.render import render_stage
 from xwin.k8s.settings import KubernetesConfig
 from xwin.stages.base import StageSpec
 
@@ -201,6 +204,10 @@ def test_resume_adopts_the_running_job_instead_of_creating_another(api, tmp_path
 
     assert box["result"].status == "succeeded"
     assert api.count("POST", "jobs") == 1  # only the first controller's
+    # It died before making the ConfigMap and Service: the adopter made them, owned by the Job.
+    uid = api.get("jobs", NS, name)["metadata"]["uid"]
+    for kind in ("configmaps", "services"):
+        assert api.get(kind, NS, name)["metadata"]["ownerReferences"][0]["uid"] == uid
 
 
 def test_run_of_an_existing_job_follows_it_without_a_duplicate(api, executor, tmp_path):
@@ -224,3 +231,20 @@ def test_a_local_store_is_refused_before_touching_the_cluster(api, executor, tmp
 
     assert result.status == "failed" and result.permanent and "s3" in result.reason
     assert api.requests == []
+
+
+def test_executor_from_a_kubeconfig_talks_to_the_cluster_it_names(api, tmp_path, monkeypatch):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "users": [{"name": "me", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
+    executor = KubernetesExecutor.from_config(ExecutorConfig(namespace=NS, kubernetes=SETTINGS))
+
+    assert executor.run(stage_job("select", tmp_path)).status == "succeeded"
+    headers = {k.lower(): v for k, v in api.headers[0].items()}
+    assert headers["authorization"] == "Bearer t0ken"

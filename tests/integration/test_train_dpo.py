@@ -7,25 +7,24 @@ import json
 import math
 
 import pytest
+from train_support import committed, history, run_workers, write_spec, write_word_pairs
 from transformers import AutoModelForCausalLM
 
-from train_support import committed, history, run_workers, write_spec, write_word_pairs
-
-TINY = dict(learning_rate=1e-3, micro_batch_size=4, gradient_accumulation_steps=1, max_length=128,
-            warmup_steps=0, lr_scheduler="constant", log_every=1, eval_every=0, save_every=0,
-            eval_fraction=0.1, beta=0.1, seed=11)
+TINY = {"learning_rate": 1e-3, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 128,
+            "warmup_steps": 0, "lr_scheduler": "constant", "log_every": 1, "eval_every": 0, "save_every": 0,
+            "eval_fraction": 0.1, "beta": 0.1, "seed": 11}
 
 
 def test_dpo_on_two_processes_with_precomputed_reference(tmp_path, tiny_model_dir):
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=18)
     spec = write_spec(tmp_path, "dpo", {"model": tiny_model_dir, "train": data},
-                      {**TINY, "max_steps": 8, "zero_stage": 3})
+                      {**TINY, "max_steps": 8, "zero_stage": 3, "beta": 0.5})
     run_workers("dpo", spec)
     folder, metrics = committed(tmp_path, "runs/t/dpo")
     steps = history(folder)
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
-    assert steps[-1]["loss"] < steps[0]["loss"] - 0.05
-    assert steps[-1]["reward_margin"] > 0
+    assert sum(r["loss"] for r in steps[-3:]) / 3 < math.log(2) - 0.1
+    assert all(r["reward_margin"] > 0 for r in steps[-3:])
     assert {"reward_accuracy", "reward_chosen", "reward_rejected", "logps_chosen"} <= set(steps[0])
     assert "eval_loss" in metrics and "eval_reward_accuracy" in metrics
     assert metrics["reference_online"] == 0.0 and metrics["world_size"] == 2

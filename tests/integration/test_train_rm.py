@@ -14,9 +14,9 @@ from xwin.models.reward import REWARD_CONFIG, load_reward_model
 def test_rm_on_two_processes_trains_and_saves_a_loadable_reward_model(tmp_path, tiny_model_dir):
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=48)
     spec = write_spec(tmp_path, "rm", {"model": tiny_model_dir, "train": data},
-                      dict(learning_rate=3e-3, max_steps=8, micro_batch_size=4, gradient_accumulation_steps=1,
-                           max_length=128, zero_stage=1, warmup_steps=1, log_every=1, eval_every=4,
-                           save_every=0, eval_fraction=0.25, seed=3))
+                      {"learning_rate": 3e-3, "max_steps": 8, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
+                           "max_length": 128, "zero_stage": 1, "warmup_steps": 1, "log_every": 1, "eval_every": 4,
+                           "save_every": 0, "eval_fraction": 0.25, "seed": 3})
     run_workers("rm", spec)
     folder, metrics = committed(tmp_path, "runs/t/rm")
     steps = history(folder)
@@ -40,9 +40,9 @@ def test_rm_beats_chance_on_held_out_pairs_of_a_knowable_task(tmp_path, tiny_mod
     0.65 accuracy is far outside what a coin would score (p < 0.01)."""
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=400, multi_turn_every=0)
     spec = write_spec(tmp_path, "rm", {"model": tiny_model_dir, "train": data},
-                      dict(learning_rate=3e-3, max_steps=150, micro_batch_size=8, gradient_accumulation_steps=1,
-                           max_length=128, zero_stage=0, gradient_checkpointing=False, warmup_steps=10,
-                           log_every=10, eval_every=0, save_every=0, eval_fraction=0.2, seed=42))
+                      {"learning_rate": 3e-3, "max_steps": 150, "micro_batch_size": 8, "gradient_accumulation_steps": 1,
+                           "max_length": 128, "zero_stage": 0, "gradient_checkpointing": False, "warmup_steps": 10,
+                           "log_every": 10, "eval_every": 0, "save_every": 0, "eval_fraction": 0.2, "seed": 42})
     run_workers("rm", spec, nproc=1)
     _, metrics = committed(tmp_path, "runs/t/rm")
     assert metrics["eval_pairs"] == 80

@@ -6,12 +6,18 @@ from __future__ import annotations
 import json
 
 import torch
+from train_support import (
+    committed,
+    history,
+    run_indexed_job_pod,
+    run_workers,
+    write_conversations,
+    write_spec,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from train_support import committed, history, run_indexed_job_pod, run_workers, write_conversations, write_spec
-
-TINY = dict(learning_rate=3e-3, micro_batch_size=4, gradient_accumulation_steps=1, max_length=128,
-            warmup_steps=1, log_every=1, eval_every=3, save_every=0, eval_fraction=0.1, seed=7)
+TINY = {"learning_rate": 3e-3, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 128,
+            "warmup_steps": 1, "log_every": 1, "eval_every": 3, "save_every": 0, "eval_fraction": 0.1, "seed": 7}
 
 
 def assert_loads_and_generates(folder):

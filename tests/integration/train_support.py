@@ -73,7 +73,7 @@ def store(tmp: Path):
     return open_store(StoreConfig(kind="local", root=tmp / "store"))
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
+def process_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                         "JOB_COMPLETION_INDEX", "XWIN_NNODES", "XWIN_NPROC_PER_NODE")}
@@ -86,11 +86,12 @@ def start_workers(stage: str, spec: Path, nproc: int = 2, log_dir: Path | None =
     port = str(free_port())
     procs = []
     for rank in range(nproc):
-        env = _env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+        env = process_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                     "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-        log = open((log_dir or spec.parent) / f"{spec.stem}-rank{rank}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "xwin.cli", "stage", stage, "--config", str(spec)],
-                                      env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+        with open((log_dir or spec.parent) / f"{spec.stem}-rank{rank}.log", "w") as log:  # the child keeps its copy
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "xwin.cli", "stage", stage, "--config", str(spec)],
+                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
 
@@ -108,10 +109,10 @@ def run_workers(stage: str, spec: Path, nproc: int = 2) -> None:
 
 def run_indexed_job_pod(stage: str, spec: Path, nproc_per_node: int = 2, timeout: float = 600) -> str:
     """One pod of a one-node Indexed Job: the process starts its own workers."""
-    env = _env({"JOB_COMPLETION_INDEX": "0", "XWIN_NNODES": "1", "XWIN_NPROC_PER_NODE": str(nproc_per_node),
+    env = process_env({"JOB_COMPLETION_INDEX": "0", "XWIN_NNODES": "1", "XWIN_NPROC_PER_NODE": str(nproc_per_node),
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
     done = subprocess.run([sys.executable, "-m", "xwin.cli", "stage", stage, "--config", str(spec)],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done.stdout
 

@@ -8,7 +8,13 @@ from transformers import AutoModel
 
 from xwin.data.dataset import PromptReplyCollator, pad_token_id
 from xwin.data.templating import tokenize_prompt_and_reply
-from xwin.models.reward import REWARD_CONFIG, VALUE_HEAD, RewardModel, last_token_index, load_reward_model
+from xwin.models.reward import (
+    REWARD_CONFIG,
+    VALUE_HEAD,
+    RewardModel,
+    last_token_index,
+    load_reward_model,
+)
 
 SHORT = ([{"role": "user", "content": "Say the word apple."}], "apple")
 LONG = (

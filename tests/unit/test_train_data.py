@@ -11,7 +11,13 @@ import torch
 from xwin.config_base import ConfigError
 from xwin.data.templating import IGNORE_INDEX, TokenizedSample
 from xwin.models.loading import load_causal_lm
-from xwin.train.data import BatchPlan, PackedSftCollator, eval_rank_batches, pack_rows, split_train_eval
+from xwin.train.data import (
+    BatchPlan,
+    PackedSftCollator,
+    eval_rank_batches,
+    pack_rows,
+    split_train_eval,
+)
 from xwin.train.engine import lr_multiplier
 from xwin.train.launch import plan_processes
 

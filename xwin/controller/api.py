@@ -32,8 +32,9 @@ if not console.is_terminal:
 def absolute_paths(config):
     """Local paths in a run's config made absolute: `xwin resume` and the stage processes may
     start in another folder."""
-    run = config.run.model_copy(update={"workdir": Path(config.run.workdir).absolute()})
-    config.run = run
+    config.run = config.run.model_copy(update={"workdir": Path(config.run.workdir).absolute()})
+    config.executor = config.executor.model_copy(
+        update={"profiles_dir": Path(config.executor.profiles_dir).absolute()})
     if config.store.kind == "local":
         config.store = config.store.model_copy(update={"root": Path(config.store.root).absolute()})
     return config

@@ -6,7 +6,7 @@ retries, 2 bad config or data (nothing to retry), 3 the run is busy in another c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,13 +29,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def run(
-        config: Path = typer.Argument(..., help="pipeline config (YAML), e.g. examples/demo-cpu.yaml"),
-        set_: List[str] = typer.Option([], "--set", "-s", help="override: section.field=value"),
-        only: List[str] = typer.Option([], help="run just these stages (comma-separated)"),
-        from_: Optional[str] = typer.Option(None, "--from", help="skip stages before this one"),
-        until: Optional[str] = typer.Option(None, help="stop after this stage"),
-        force: List[str] = typer.Option([], help="rerun these stages (and what depends on them) even if cached"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="show the plan (keys, what runs) and exit"),
+        config: Annotated[Path, typer.Argument(help="pipeline config (YAML), e.g. examples/demo-cpu.yaml")],
+        set_: Annotated[list[str], typer.Option("--set", "-s", help="override: section.field=value")] = [],  # noqa: B006 (typer never mutates it)
+        only: Annotated[list[str], typer.Option(help="run just these stages (comma-separated)")] = [],  # noqa: B006
+        from_: Annotated[str | None, typer.Option("--from", help="skip stages before this one")] = None,
+        until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
+        force: Annotated[list[str], typer.Option(help="rerun these stages (and what depends on them) even if cached")] = [],  # noqa: B006
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan (keys, what runs) and exit")] = False,
     ) -> None:
         """Run the pipeline: every stage whose output is not in the store yet."""
         from xwin.config_base import UserError
@@ -59,9 +59,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def resume(
-        run_id: str = typer.Argument("latest", help="run id (see `xwin runs`) or 'latest'"),
-        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
-        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+        run_id: Annotated[str, typer.Argument(help="run id (see `xwin runs`) or 'latest'")] = "latest",
+        workdir: Annotated[Path, typer.Option(help=WORKDIR_HELP)] = Path(".xwin"),
+        config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """Continue a stopped or failed run: finished stages are kept, the rest run."""
         from xwin.config_base import UserError
@@ -75,10 +75,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(
-        run_id: str = typer.Argument("latest", help="run id or 'latest'"),
-        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
-        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
-        as_json: bool = typer.Option(False, "--json", help="the run record as JSON"),
+        run_id: Annotated[str, typer.Argument(help="run id or 'latest'")] = "latest",
+        workdir: Annotated[Path, typer.Option(help=WORKDIR_HELP)] = Path(".xwin"),
+        config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="the run record as JSON")] = False,
     ) -> None:
         """A run's stages: status, attempts, elapsed time, metrics, errors."""
         from xwin.config_base import UserError
@@ -91,9 +91,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        run_id: str = typer.Argument("latest", help="run id or 'latest'"),
-        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
-        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+        run_id: Annotated[str, typer.Argument(help="run id or 'latest'")] = "latest",
+        workdir: Annotated[Path, typer.Option(help=WORKDIR_HELP)] = Path(".xwin"),
+        config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """(Re)build a run's report.md and plots from its artifacts."""
         from xwin.config_base import UserError
@@ -107,8 +107,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def runs(
-        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
-        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+        workdir: Annotated[Path, typer.Option(help=WORKDIR_HELP)] = Path(".xwin"),
+        config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """List runs, newest last."""
         from xwin.config_base import UserError
@@ -121,9 +121,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def cancel(
-        run_id: str = typer.Argument(..., help="run id or 'latest'"),
-        workdir: Path = typer.Option(Path(".xwin"), help=WORKDIR_HELP),
-        config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+        run_id: Annotated[str, typer.Argument(help="run id or 'latest'")],
+        workdir: Annotated[Path, typer.Option(help=WORKDIR_HELP)] = Path(".xwin"),
+        config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """Stop a run: its controller stops the running stage; the run stays resumable."""
         from xwin.config_base import UserError

@@ -109,7 +109,7 @@ class LiveTable:
     def __call__(self, record: RunRecord) -> None:
         self.record = record
 
-    def __enter__(self) -> "LiveTable":
+    def __enter__(self):
         self.live.__enter__()
         return self
 
@@ -144,7 +144,7 @@ class LineProgress:
                 parts.append(stage.key)
             self.console.print(" ".join(p for p in parts if p), highlight=False, soft_wrap=True)
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

@@ -223,8 +223,8 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
     """Write report.md and its plots into out."""
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# xwin run `{record.run_id}`", "",
-          f"- status: **{record.status}**; started {record.created_at}; "
-          f"wall time {format_seconds(record.elapsed_s)}",
+          (f"- status: **{record.status}**; started {record.created_at}; "
+           f"wall time {format_seconds(record.elapsed_s)}"),
           f"- stages: {', '.join(record.stages)}", ""]
     timings = stage_timings(record, store)
     md += ["## Stages", "", "| stage | status | attempts | time | artifact | metrics |",
@@ -290,8 +290,8 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
         rewards = reward_scores(results)
         if rewards:
             md += ["## Reward of each model's answers", "",
-                   "Mean RM score of the answers of each model to the held-out prompts and "
-                   "MT-bench turns (scored by this run's reward model):", ""]
+                   ("Mean RM score of the answers of each model to the held-out prompts and "
+                    "MT-bench turns (scored by this run's reward model):"), ""]
             md += ["| model | answers | mean RM score |", "|---|---|---|"]
             md += [f"| {m} | {rewards[m].get('n', '')} | {rewards[m]['mean']:.3f} |"
                    for m in ordered_models(rewards)]

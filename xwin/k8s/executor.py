@@ -50,7 +50,9 @@ def api_client_from_environment() -> k8s.ApiClient:
     try:
         kube_config.load_incluster_config(client_configuration=configuration)
     except kube_config.ConfigException:
-        kube_config.load_kube_config(client_configuration=configuration)
+        # $KUBECONFIG as it is now (the client reads it once, at import)
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
+                                     client_configuration=configuration)
     return k8s.ApiClient(configuration)
 
 
@@ -96,10 +98,13 @@ class KubernetesExecutor(Executor):
         found = call(self.batch.list_namespaced_job, self.namespace, label_selector=selector).items
         if not found:
             return None
-        if all(j.metadata.name != name for j in found):
-            name = found[0].metadata.name
-        log.info("%s: adopting job %s/%s", job.stage, self.namespace, name)
-        return self._follow(job, name)
+        existing = next((j for j in found if j.metadata.name == name), found[0])
+        if existing.metadata.name == name and job.spec.store.kind == "s3":
+            # A controller that died right after creating the Job may not have made its
+            # ConfigMap and Service yet; without them the pods would wait forever.
+            self._create_owned(render_stage(job, self.settings, self.namespace), existing)
+        log.info("%s: adopting job %s/%s", job.stage, self.namespace, existing.metadata.name)
+        return self._follow(job, existing.metadata.name)
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
@@ -122,6 +127,11 @@ class KubernetesExecutor(Executor):
                 raise
             job = call(self.batch.read_namespaced_job, rendered.name, self.namespace)
             created = False
+        self._create_owned(rendered, job)
+        return created
+
+    def _create_owned(self, rendered: RenderedStage, job: k8s.V1Job) -> None:
+        """The ConfigMap and Service, owned by the Job; those that exist already are kept."""
         owner = k8s.V1OwnerReference(api_version="batch/v1", kind="Job",
                                      name=job.metadata.name, uid=job.metadata.uid)
         for obj, create in ((rendered.config_map, self.core.create_namespaced_config_map),
@@ -134,7 +144,6 @@ class KubernetesExecutor(Executor):
             except ApiException as e:
                 if e.status != 409:
                     raise
-        return created
 
     def _delete_stage_objects(self, name: str) -> None:
         """The Job with its pods (Foreground: gone when the delete completes), and the

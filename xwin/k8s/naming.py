@@ -35,7 +35,9 @@ def run_label(run_id: str) -> str:
 def job_name(run_id: str, stage: str, attempt: int) -> str:
     """`xwin-<run>-<stage>-<attempt>`: the name of the Job, its Service and its ConfigMap."""
     tail = f"-{stage}-{attempt}"
-    return f"xwin-{_slug(run_id, _MAX_JOB_NAME - 5 - len(tail))}{tail}"
+    run = _slug(run_id, _MAX_JOB_NAME - 5 - len(tail))
+    # the prefix marks the objects as ours and makes the name start with a letter (DNS-1035)
+    return f"{run}{tail}" if run.startswith("xwin") else f"xwin-{run}{tail}"
 
 
 def stage_labels(run_id: str, stage: str, attempt: int) -> dict[str, str]:

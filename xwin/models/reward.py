@@ -58,7 +58,7 @@ class RewardModel(nn.Module):
         return self.body.config
 
     @classmethod
-    def from_language_model(cls, path: str | Path, dtype: str = "float32") -> "RewardModel":
+    def from_language_model(cls, path: str | Path, dtype: str = "float32") -> RewardModel:
         """A new reward model: the body of an HF causal-LM folder (base or SFT) + a fresh head."""
         path = Path(path)
         if not (path / "config.json").exists():

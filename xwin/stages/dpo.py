@@ -57,6 +57,9 @@ class DpoConfig(TrainConfig):
     epochs: float = Field(1.0, gt=0, description="passes over the pairs")
     micro_batch_size: int = Field(2, ge=1, description="pairs per process per forward pass")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of the steps spent warming up")
+    batching: Literal["length_grouped", "random"] = Field(
+        "length_grouped", description="pairs are never packed: length_grouped or random"
+    )
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of pairs held out")
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference")
     label_smoothing: float = Field(

@@ -10,6 +10,7 @@ pairwise accuracy and reward statistics in its metrics.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,14 @@ from xwin.train.launch import ProcessPlan
 from xwin.train.loop import TrainTask, to_device, train
 from xwin.train.losses import bradley_terry_loss
 from xwin.train.pairs import PairCollator, PairExample, tokenize_pairs
-from xwin.train.runtime import checkpoints_for, finish, flat_metrics, metrics_path, read_input_records, run_distributed
+from xwin.train.runtime import (
+    checkpoints_for,
+    finish,
+    flat_metrics,
+    metrics_path,
+    read_input_records,
+    run_distributed,
+)
 
 INPUTS: tuple[str, ...] = ("model", "train")
 
@@ -40,6 +48,9 @@ class RmConfig(TrainConfig):
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     epochs: float = Field(1.0, gt=0, description="passes over the pairs (more than one overfits)")
     micro_batch_size: int = Field(2, ge=1, description="pairs per process per forward pass")
+    batching: Literal["length_grouped", "random"] = Field(
+        "length_grouped", description="pairs are never packed: length_grouped or random"
+    )
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of pairs held out for accuracy")
     use_score_margin: bool = Field(
         False, description="Llama-2 margin: subtract chosen_score - rejected_score inside the loss"

@@ -169,13 +169,13 @@ class Checkpoints:
 
     def clear(self) -> None:
         """After the final model is committed the checkpoints are dead weight: delete them."""
-        if not self.plan.is_main:
-            return
-        self.store.put_record(self.pointer_key, json.dumps({"tag": None, "completed": True}).encode())
-        for key in self.store.list(self.prefix + "/"):
-            self.store.delete(key)
-        shutil.rmtree(self.local_root, ignore_errors=True)
-        shutil.rmtree(self.local_root.parent / "resume", ignore_errors=True)
+        if self.plan.is_main:
+            self.store.put_record(self.pointer_key, json.dumps({"tag": None, "completed": True}).encode())
+            for key in self.store.list(self.prefix + "/"):
+                self.store.delete(key)
+        if self.plan.is_node_leader:
+            shutil.rmtree(self.local_root, ignore_errors=True)
+            shutil.rmtree(self.local_root.parent / "resume", ignore_errors=True)
 
 
 def gathered_state_dict(module: torch.nn.Module, zero_stage: int, is_main: bool) -> dict[str, torch.Tensor] | None:

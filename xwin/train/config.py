@@ -68,7 +68,7 @@ class TrainConfig(StrictModel):
     resume: bool = Field(True, description="continue from the last committed checkpoint, if any")
 
     @model_validator(mode="after")
-    def _offload_needs_zero(self) -> "TrainConfig":
+    def _offload_needs_zero(self) -> TrainConfig:
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:

@@ -25,7 +25,7 @@ def split_train_eval(count: int, eval_fraction: float, seed: int) -> tuple[list[
     least one eval example when eval_fraction > 0 and there are at least two examples)."""
     order = list(range(count))
     random.Random(seed).shuffle(order)
-    n_eval = int(round(count * eval_fraction))
+    n_eval = round(count * eval_fraction)
     if eval_fraction > 0 and count >= 2:
         n_eval = max(n_eval, 1)
     return sorted(order[n_eval:]), sorted(order[:n_eval])

@@ -86,7 +86,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.weight_decay)
-    kwargs = dict(lr=config.learning_rate, betas=tuple(config.adam_betas), eps=config.adam_eps)
+    kwargs = {"lr": config.learning_rate, "betas": tuple(config.adam_betas), "eps": config.adam_eps}
     if config.offload_optimizer:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -97,7 +97,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 def warmup_steps(config: TrainConfig, total_steps: int) -> int:
     if config.warmup_steps is not None:
         return min(config.warmup_steps, total_steps)
-    return int(math.ceil(config.warmup_ratio * total_steps))
+    return math.ceil(config.warmup_ratio * total_steps)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup: int, schedule: str, min_ratio: float) -> float:

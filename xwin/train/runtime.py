@@ -15,7 +15,14 @@ import torch
 from xwin.data.io import read_records
 from xwin.stages.base import StageContext
 from xwin.train.checkpoint import Checkpoints, gathered_state_dict, write_folder_atomically
-from xwin.train.launch import ProcessPlan, barrier, init_distributed, plan_processes, shutdown, spawn_workers
+from xwin.train.launch import (
+    ProcessPlan,
+    barrier,
+    init_distributed,
+    plan_processes,
+    shutdown,
+    spawn_workers,
+)
 from xwin.train.loop import TrainResult
 
 log = logging.getLogger(__name__)

@@ -77,6 +77,13 @@ capabilities:
 {{- fail (printf "pipeline.%s is set by the chart: use the s3, profiles, images and stagePods values" $section) -}}
 {{- end -}}
 {{- end -}}
+{{- range $name, $section := $cfg -}}
+{{- if kindIs "map" $section -}}
+{{- if or (hasKey $section "false") (hasKey $section "true") -}}
+{{- fail (printf "pipeline.%s: a key reads as true/false: YAML 1.1 (helm) takes an unquoted n, y, yes, no, on or off for a boolean; quote it, e.g. \"n\": 64" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $store := dict "kind" "s3" "bucket" .Values.s3.bucket "prefix" .Values.s3.prefix -}}
 {{- with include "xwin.s3Endpoint" . }}{{ $_ := set $store "endpoint_url" . }}{{ end -}}
 {{- with .Values.s3.region }}{{ $_ := set $store "region" . }}{{ end -}}

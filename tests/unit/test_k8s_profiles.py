@@ -1,0 +1,62 @@
+"""Job profiles: jobs/*.yaml, overridden field by field by the pipeline config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xwin.config_base import ConfigError
+from xwin.k8s.profiles import DEFAULT_KINDS, load_profiles
+from xwin.stages import STAGE_NAMES
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+def test_the_repository_profiles_cover_every_stage_with_its_kind():
+    profiles = load_profiles(JOBS)
+    assert set(profiles) == set(STAGE_NAMES)
+    assert {s for s, p in profiles.items() if p.kind == "train"} == {"sft", "rm", "rs", "dpo"}
+    assert {s for s, p in profiles.items() if p.kind == "sharded"} == {"sample", "score"}
+    assert profiles["sample"].image == "xwin-sampler:dev"
+    assert profiles["sft"].image == "xwin-trainer:dev"
+    assert all((JOBS / f"{s}.yaml").exists() for s in STAGE_NAMES)
+
+
+def test_overrides_replace_single_fields_and_keep_the_rest():
+    base = load_profiles(JOBS)["sft"]
+    sft = load_profiles(JOBS, {"sft": {"nodes": 2, "gpus": 8, "nproc_per_node": 8}})["sft"]
+    assert (sft.nodes, sft.gpus, sft.nproc_per_node) == (2, 8, 8)
+    assert (sft.image, sft.memory, sft.shm_size) == (base.image, base.memory, base.shm_size)
+
+
+def test_a_missing_folder_means_defaults():
+    profiles = load_profiles("/nonexistent/jobs")
+    assert {s: p.kind for s, p in profiles.items()} == DEFAULT_KINDS
+
+
+def test_an_override_for_an_unknown_stage_is_an_error():
+    with pytest.raises(ConfigError, match="unknown stage.*sftt"):
+        load_profiles(JOBS, {"sftt": {"nodes": 2}})
+
+
+def test_a_bad_field_names_the_file_and_stage(tmp_path):
+    (tmp_path / "rm.yaml").write_text("kind: train\nnodes: 0\n")
+    with pytest.raises(ConfigError, match=r"rm.yaml \[rm\].*\n  nodes:"):
+        load_profiles(tmp_path)
+
+
+def test_a_stray_profile_file_is_an_error(tmp_path):
+    (tmp_path / "samples.yaml").write_text("kind: sharded\n")
+    with pytest.raises(ConfigError, match="samples.yaml name no stage"):
+        load_profiles(tmp_path)
+
+
+@pytest.mark.parametrize("stage, fields, message", [
+    ("sample", {"nodes": 2}, "nodes/nproc_per_node apply to kind 'train' only"),
+    ("sft", {"shards": 4}, "shards apply to kind 'sharded' only"),
+    ("sft", {"gpus": 4, "nproc_per_node": 8}, "exceeds gpus=4"),
+])
+def test_fields_that_do_not_fit_the_kind_are_refused(stage, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profiles(JOBS, {stage: fields})
