@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from importlib import metadata
@@ -38,84 +39,121 @@ def smollm2_folder() -> Path:
 
 
 def bench_generation(model_dir: Path, contexts: list, args) -> dict:
+    """Both engines loaded at once and timed in alternation, `repeats` times each: on a shared
+    machine a load spike then hits both backends instead of whichever ran during it."""
+    from contextlib import ExitStack
+
     from xwin.sampling import EngineOptions, GenerationParams, open_engine
 
     params = GenerationParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
-    results = {}
-    for backend in ("hf", "vllm"):
-        options = EngineOptions(backend=backend, dtype=args.dtype, seed=0, max_model_len=2048,
-                                gpu_memory_utilization=args.gpu_memory_utilization,
-                                hf_batch_size=args.hf_batch_size)
-        started = time.perf_counter()
-        with open_engine(model_dir, options) as engine:
-            startup = time.perf_counter() - started
-            engine.generate(contexts[:2], n=1, params=params)  # warm-up: kernels, allocator
+    results: dict[str, dict] = {}
+    with ExitStack() as stack:
+        engines = {}
+        for backend in ("hf", "vllm"):
+            options = EngineOptions(backend=backend, dtype=args.dtype, seed=0, max_model_len=2048,
+                                    gpu_memory_utilization=args.gpu_memory_utilization,
+                                    hf_batch_size=args.hf_batch_size)
             started = time.perf_counter()
-            out = engine.generate(contexts, n=args.n, params=params)
-            seconds = time.perf_counter() - started
-        tokens = sum(g.num_tokens for gens in out for g in gens)
-        results[backend] = {
-            "startup_s": round(startup, 2),
-            "generate_s": round(seconds, 2),
-            "responses": sum(len(g) for g in out),
-            "generated_tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1),
-            "finished_by_eos": round(sum(g.finish_reason == "stop" for gens in out for g in gens)
-                                     / sum(len(g) for g in out), 3),
-            "texts": [[g.text for g in gens] for gens in out],
-        }
-        print(f"{backend:>5}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s"
-              f" (start-up {startup:.1f} s)", flush=True)
+            engines[backend] = stack.enter_context(open_engine(model_dir, options))
+            engines[backend].generate(contexts[:2], n=1, params=params)  # warm-up
+            results[backend] = {"startup_s": round(time.perf_counter() - started, 2), "runs": []}
+        for repeat in range(args.repeats):
+            for backend, engine in engines.items():
+                started = time.perf_counter()
+                out = engine.generate(contexts, n=args.n, params=params)
+                seconds = time.perf_counter() - started
+                tokens = sum(g.num_tokens for gens in out for g in gens)
+                results[backend]["runs"].append({"seconds": round(seconds, 2), "tokens": tokens,
+                                                 "tokens_per_s": round(tokens / seconds, 1),
+                                                 "load_avg_1m": os.getloadavg()[0]})
+                results[backend]["texts"] = [[g.text for g in gens] for gens in out]
+                results[backend]["finished_by_eos"] = round(
+                    sum(g.finish_reason == "stop" for gens in out for g in gens)
+                    / sum(len(g) for g in out), 3)
+                print(f"{backend:>5} run {repeat + 1}: {tokens} tokens in {seconds:.1f} s = "
+                      f"{tokens / seconds:.1f} tokens/s", flush=True)
+    for backend, r in results.items():
+        r["tokens_per_s"] = round(statistics.median(run["tokens_per_s"] for run in r["runs"]), 1)
+        print(f"{backend:>5}: median {r['tokens_per_s']:.1f} generated tokens/s "
+              f"(start-up {r['startup_s']:.1f} s)", flush=True)
     ratio = results["vllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
     print(f"vLLM / HF generated tokens/s: {ratio:.2f}x", flush=True)
     return {"backends": results, "vllm_over_hf": round(ratio, 3)}
 
 
-def bench_scoring(model_dir: Path, contexts: list, replies: list[list[str]], args) -> dict:
+def sharegpt_pairs(count: int) -> list[tuple[list, str]]:
+    """(first user turn, first assistant reply) of the first `count` usable ShareGPT
+    conversations: real replies, with the wide spread of lengths a real Xwin-Set has."""
+    from xwin.data.sharegpt import ImportReport, convert_item, iter_sharegpt_items, sharegpt_file
+
+    path = sharegpt_file()
+    pairs = []
+    for item in iter_sharegpt_items(path, ImportReport(str(path))):
+        converted = convert_item(item)
+        if isinstance(converted, str):
+            continue
+        messages = converted[0].messages
+        first = 1 if messages[0].role == "system" else 0
+        pairs.append((messages[: first + 1], messages[first + 1].content))
+        if len(pairs) == count:
+            return pairs
+    return pairs
+
+
+def load_benchmark_rm(model_dir: Path, dtype: str):
+    """SmolLM2's body with a fresh (seeded) value head: the reward model's cost, not its wisdom."""
     import torch
 
-    from xwin.data.templating import tokenize_prompt_and_reply
     from xwin.models.loading import load_tokenizer
     from xwin.models.reward import RewardModel, load_reward_model
-    from xwin.sampling.rewards import length_sorted_batches, score_sequences
 
     tokenizer = load_tokenizer(model_dir)
-    sequences = [tokenize_prompt_and_reply(tokenizer, ctx, reply, 4096).input_ids
-                 for ctx, rs in zip(contexts, replies) for reply in rs if reply.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        RewardModel.from_language_model(model_dir, args.dtype).save(Path(tmp), tokenizer)
-        model = load_reward_model(tmp, args.dtype)
+        RewardModel.from_language_model(model_dir, dtype).save(Path(tmp), tokenizer)
+        return load_reward_model(tmp, dtype), tokenizer
+
+
+def bench_scoring(name: str, model, tokenizer, pairs: list[tuple[list, str]], args) -> dict:
+    """Sequences/s scoring (context, reply) pairs in length-sorted vs input-order batches."""
+    from xwin.data.templating import tokenize_prompt_and_reply
+    from xwin.sampling.rewards import length_sorted_batches, score_sequences
+
+    samples = [tokenize_prompt_and_reply(tokenizer, ctx, reply, args.score_max_length)
+               for ctx, reply in pairs if reply.strip()]
+    sequences = [s.input_ids for s in samples if s is not None]
+    print(f"scoring set {name}: {len(sequences)} sequences", flush=True)
     lengths = [len(s) for s in sequences]
-    results = {}
-    for sort in (True, False):
-        batches = length_sorted_batches(lengths, args.score_batch_size, sort)
-        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-        score_sequences(model, sequences[: args.score_batch_size], batch_size=args.score_batch_size,
-                        sort_by_length=sort, progress=False)  # warm-up
-        started = time.perf_counter()
-        scores = score_sequences(model, sequences, batch_size=args.score_batch_size,
-                                 sort_by_length=sort, progress=False)
-        seconds = time.perf_counter() - started
-        name = "sorted" if sort else "unsorted"
-        results[name] = {
-            "seconds": round(seconds, 3),
-            "sequences_per_s": round(len(sequences) / seconds, 1),
-            "real_tokens_per_s": round(sum(lengths) / seconds, 1),
-            "padding_share": round(1 - sum(lengths) / padded, 3),
-            "scores": scores,
-        }
-        print(f"score {name:>8}: {len(sequences)} sequences in {seconds:.2f} s = "
-              f"{len(sequences) / seconds:.1f}/s, {results[name]['padding_share']:.0%} padding", flush=True)
+    results: dict[str, dict] = {}
+    for sort in (True, False):  # warm-up both orders
+        score_sequences(model, sequences[: 2 * args.score_batch_size], batch_size=args.score_batch_size,
+                        sort_by_length=sort, progress=False)
+    for _ in range(args.repeats):
+        for sort in (True, False):
+            order = "sorted" if sort else "unsorted"
+            batches = length_sorted_batches(lengths, args.score_batch_size, sort)
+            padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+            started = time.perf_counter()
+            scores = score_sequences(model, sequences, batch_size=args.score_batch_size,
+                                     sort_by_length=sort, progress=False)
+            seconds = time.perf_counter() - started
+            r = results.setdefault(order, {"runs": [], "padding_share": round(1 - sum(lengths) / padded, 3)})
+            r["runs"].append(round(len(sequences) / seconds, 2))
+            r["scores"] = scores
+            print(f"score {name} {order:>8}: {len(sequences)} sequences in {seconds:.2f} s = "
+                  f"{len(sequences) / seconds:.1f}/s, {r['padding_share']:.0%} padding", flush=True)
+    for r in results.values():
+        r["sequences_per_s"] = round(statistics.median(r["runs"]), 2)
     agree = max(abs(a - b) for a, b in zip(results["sorted"]["scores"], results["unsorted"]["scores"]))
+    spread = statistics.pstdev(results["sorted"]["scores"])
     ratio = results["sorted"]["sequences_per_s"] / results["unsorted"]["sequences_per_s"]
-    print(f"length-sorted / unsorted scoring throughput: {ratio:.2f}x "
-          f"(max score difference {agree:.2e})", flush=True)
+    print(f"{name}: length-sorted / unsorted scoring throughput: {ratio:.2f}x "
+          f"(max score difference {agree:.2e}, score std {spread:.2e})", flush=True)
     for r in results.values():
         del r["scores"]
     return {"sequences": len(sequences), "batch_size": args.score_batch_size,
             "mean_length": round(sum(lengths) / len(lengths), 1), **results,
-            "sorted_over_unsorted": round(ratio, 3), "max_score_difference": agree}
+            "sorted_over_unsorted": round(ratio, 3), "max_score_difference": agree, "score_std": spread}
 
 
 def main() -> None:
@@ -127,12 +165,21 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--hf-batch-size", type=int, default=32)
     parser.add_argument("--score-batch-size", type=int, default=16)
+    parser.add_argument("--score-max-length", type=int, default=1024)
+    parser.add_argument("--sharegpt", type=int, default=128,
+                        help="ShareGPT (question, reply) pairs in the second scoring set; 0 = none")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per backend, alternating")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads for both backends (torch, and vLLM's CPU worker binding)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
+    # Both backends get the same CPU threads; vLLM's CPU worker reads this at engine start.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
     import torch
 
+    torch.set_num_threads(args.threads)
     from xwin.data.mtbench import load_mtbench_questions, mtbench_prompts
 
     model_dir = args.model or smollm2_folder()
@@ -145,10 +192,14 @@ def main() -> None:
     generation = bench_generation(model_dir, contexts, args)
     replies = generation["backends"]["hf"].pop("texts")
     generation["backends"]["vllm"].pop("texts")
-    scoring = bench_scoring(model_dir, contexts, replies, args)
-    report = {"device": device, "prompts": len(contexts), "n": args.n,
-              "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
-              "generation": generation, "scoring": scoring}
+    rm, tokenizer = load_benchmark_rm(model_dir, args.dtype)
+    generated = [(ctx, reply) for ctx, rs in zip(contexts, replies) for reply in rs]
+    scoring = {"generated": bench_scoring("generated", rm, tokenizer, generated, args)}
+    if args.sharegpt:
+        scoring["sharegpt"] = bench_scoring("sharegpt", rm, tokenizer, sharegpt_pairs(args.sharegpt), args)
+    report = {"device": device, "threads": args.threads, "load_avg_at_end": os.getloadavg(),
+              "prompts": len(contexts), "n": args.n, "max_new_tokens": args.max_new_tokens,
+              "dtype": args.dtype, "generation": generation, "scoring": scoring}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

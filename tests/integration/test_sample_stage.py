@@ -61,6 +61,29 @@ def test_add_distinct_drops_repeats_and_empty_answers():
     assert (samples.duplicates, samples.empty) == (1, 1)
 
 
+def test_generation_api_counts_budgets_and_limits(tiny_model_dir):
+    """The API the eval stage uses: per-context counts, greedy repeats, the context limit."""
+    from xwin.config_base import UserError
+    from xwin.sampling import EngineOptions, GenerationParams, open_engine
+
+    contexts = [p["messages"] for p in PROMPTS[:2]]
+    with open_engine(tiny_model_dir, EngineOptions(backend="hf", dtype="float32")) as engine:
+        out = engine.generate(contexts, n=[2, 0], params=GenerationParams(max_new_tokens=5))
+        assert [len(g) for g in out] == [2, 0]
+        assert all(g.finish_reason in ("stop", "length") and 1 <= g.num_tokens <= 5 for g in out[0])
+        assert out[0][0].prompt_tokens == len(engine.prompt_token_ids(contexts[0]))
+        greedy = engine.generate(contexts[:1], n=3, params=GenerationParams(temperature=0, max_new_tokens=4))
+        assert len(greedy[0]) == 3 and len({g.text for g in greedy[0]}) == 1
+        # A response never runs past max_model_len: 2 tokens of room give at most 2 tokens.
+        prompt = engine.prompt_token_ids(contexts[0])
+        engine.max_model_len = len(prompt) + 2
+        [[capped]] = engine.generate_from_ids([prompt], 1, GenerationParams(max_new_tokens=50))
+        assert capped.num_tokens <= 2
+        engine.max_model_len = len(prompt)
+        with pytest.raises(UserError, match="prompt 0: .* no room"):
+            engine.generate_from_ids([prompt], 1)
+
+
 def test_hf_backend_gives_n_distinct_responses_per_prompt(tmp_path, tiny_model_dir):
     spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS, n=3)
     metrics = run_stage("sample", spec)

@@ -46,8 +46,10 @@ def test_report_shows_what_the_stages_committed(store, tmp_path):
     curve = [{"n": 1, "expected_max": 0.5, "contexts": 4}, {"n": 2, "expected_max": 0.875, "contexts": 4},
              {"n": 4, "expected_max": 1.25, "contexts": 4}]
     commit(store, "select/k", tmp_path / "select", {"best_of_n.json": json.dumps(curve)})
-    results = {"reward": {"sft": {"mean": -0.5, "n": 20}, "rs": {"mean": 0.25, "n": 20},
-                          "dpo": {"mean": 0.625, "n": 20}}}
+    results = {"reward": {
+        "sft": {"mean": -0.5, "n": 4, "scores": [1.0, -2.0, 0.0, -1.0], "prompts_mean": -0.5, "prompts_n": 2},
+        "rs": {"mean": 0.25, "n": 4, "scores": [0.0, 0.0, 0.5, 0.5], "prompts_mean": 0.5, "prompts_n": 2},
+        "dpo": {"mean": 0.625, "n": 4}}}
     commit(store, "eval/k", tmp_path / "eval", {"results.json": json.dumps(results),
                                                  "report.md": "## Evaluation (judge: `j`)\n\nwin rates here"})
     store.put_record("timings/prepare/k", json.dumps({"run_id": "older-run", "elapsed_s": 42.0}).encode())
@@ -68,8 +70,9 @@ def test_report_shows_what_the_stages_committed(store, tmp_path):
     assert "**RM held-out pairwise accuracy: 0.750**" in md
     for n, value in ((1, "0.500"), (2, "0.875"), (4, "1.250")):
         assert f"| {n} | {value} |" in md
-    for value in ("-0.500", "0.250", "0.625"):
-        assert value in md
+    assert "| sft | -0.500 | 0.500 | 2 | -0.500 | 4 |" in md  # the held-out prompts: 0 and -1
+    assert "| rs | 0.500 | 0.000 | 2 | 0.250 | 4 |" in md
+    assert "| dpo |  |  |  | 0.625 | 4 |" in md  # no per-answer scores: the overall mean only
     assert "win rates here" in md  # eval's own fragment
     assert "- rs: no committed output" in md
     for plot in ("loss_sft.png", "loss_rm.png", "best_of_n.png", "rewards.png", "timings.png"):

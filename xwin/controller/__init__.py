@@ -1,1 +1,13 @@
-"""controller."""
+"""The controller: runs the Xwin-LM pipeline from one config, embedded (local processes) by
+default or as Kubernetes Jobs.
+
+    graph.py      the stages' inputs, content-address keys, the plan of a run (make_plan)
+    state.py      the run record (stages, attempts, timings, keys) kept in the artifact store
+    pipeline.py   Controller: runs a plan through an executor, retries, interrupts, resume
+    executor.py   the Executor interface (StageJob in, StageResult out)
+    local.py      LocalExecutor: a stage's rendered Job as local process groups
+    progress.py   the live table / per-line progress
+    report.py     report.md + plots from the committed artifacts
+    api.py        run / resume / status / report / runs / cancel as functions
+    cli.py        the same as `xwin` commands
+"""

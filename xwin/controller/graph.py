@@ -279,12 +279,12 @@ def make_plan(config, store, shards: dict[str, int] | None = None,
             stage.decision = "cached" if done else "skipped"
         planned[name] = stage
 
-    missing = [
-        f"{s.name} (needed by {', '.join(d for d in planned if s.name in planned[d].depends_on and planned[d].decision == 'run')})"
-        for s in planned.values()
-        if s.decision == "skipped"
-        and any(s.name in planned[d].depends_on and planned[d].decision == "run" for d in planned)
-    ]
+    missing = []
+    for stage in planned.values():
+        readers = [r.name for r in planned.values()
+                   if r.decision == "run" and stage.name in r.depends_on]
+        if stage.decision == "skipped" and readers:
+            missing.append(f"{stage.name} (needed by {', '.join(readers)})")
     if missing:
         raise ConfigError(
             "these stages' outputs are needed but not in the store and not selected to run: "

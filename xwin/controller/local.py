@@ -89,7 +89,7 @@ def job_processes(job: StageJob, spec_path: Path, settings=None, done_shards: se
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **rendered.container_env(index, local=True)}
         if "MASTER_PORT" in env:
             env["MASTER_PORT"] = port
-        label = "" if not procs else (f"shard-{index}" if shards > 1 else f"rank-{index}")
+        label = f"shard-{index}" if shards > 1 else (f"rank-{index}" if index else "")
         log_path = main_log if not procs else job.log_dir / f"{job.stage}.{job.attempt}.{label}.log"
         if shards > 1:  # explicit, though JOB_COMPLETION_INDEX says the same
             procs.append(LocalProcess([*argv, "--shard", f"{index}/{shards}"], env, log_path,

@@ -163,21 +163,31 @@ def ordered_models(names) -> list[str]:
     return [m for m in MODEL_STAGES if m in names] + sorted(m for m in names if m not in MODEL_STAGES)
 
 
+def held_out_scores(reward: dict[str, Any]) -> list[float]:
+    """The RM scores of a model's answers to the held-out prompts (eval scores them last), or
+    of all its answers when eval did not say which were which."""
+    scores = reward.get("scores")
+    if not isinstance(scores, list):
+        return []
+    n = reward.get("prompts_n")
+    return scores[len(scores) - n:] if isinstance(n, int) and n > 0 else scores
+
+
 def plot_rewards(rewards: dict[str, dict[str, Any]], out: Path) -> Path | None:
-    """Box plots where eval kept every answer's score, else the means."""
+    """Distributions where eval kept every answer's score, else the means."""
     if not rewards:
         return None
     plt = _plt()
     names = ordered_models(rewards)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if all(isinstance(rewards[m].get("scores"), list) and rewards[m]["scores"] for m in names):
-        ax.boxplot([rewards[m]["scores"] for m in names], showmeans=True)
+    if all(held_out_scores(rewards[m]) for m in names):
+        ax.boxplot([held_out_scores(rewards[m]) for m in names], showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), names)
     else:
         ax.bar(names, [rewards[m]["mean"] for m in names])
         ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("RM score")
-    ax.set_title("reward of each model's answers (held-out prompts)")
+    ax.set_title("reward of each model's answers to held-out prompts")
     fig.tight_layout()
     path = out / "rewards.png"
     fig.savefig(path, dpi=110)
@@ -213,6 +223,10 @@ def stage_timings(record: RunRecord, store) -> dict[str, tuple[float, str]]:
                 timing = json.loads(data)
                 out[stage.name] = (float(timing["elapsed_s"]), f"cached, from {timing['run_id']}")
     return out
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
 def _metric_table(metrics: dict[str, Any], limit: int = 8) -> str:
@@ -290,11 +304,15 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
         rewards = reward_scores(results)
         if rewards:
             md += ["## Reward of each model's answers", "",
-                   ("Mean RM score of the answers of each model to the held-out prompts and "
-                    "MT-bench turns (scored by this run's reward model):"), ""]
-            md += ["| model | answers | mean RM score |", "|---|---|---|"]
-            md += [f"| {m} | {rewards[m].get('n', '')} | {rewards[m]['mean']:.3f} |"
-                   for m in ordered_models(rewards)]
+                   "RM scores (this run's reward model) of each model's answers:", "",
+                   "| model | held-out prompts: mean | std | n | all answers (+ MT-bench): mean | n |",
+                   "|---|---|---|---|---|---|"]
+            for m in ordered_models(rewards):
+                held = held_out_scores(rewards[m])
+                mean = rewards[m].get("prompts_mean", sum(held) / len(held) if held else None)
+                std = (sum((x - mean) ** 2 for x in held) / len(held)) ** 0.5 if held else None
+                md.append(f"| {m} | {_num(mean)} | {_num(std)} | {len(held) or ''} | "
+                          f"{_num(rewards[m]['mean'])} | {rewards[m].get('n', '')} |")
             md.append("")
             if plot := plot_rewards(rewards, out):
                 md += [f"![rewards]({plot.name})", ""]

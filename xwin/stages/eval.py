@@ -166,8 +166,11 @@ def reward_scores(config: EvalConfig, rm_path: Path, answers: dict, questions, a
             contexts.append(_messages(prompt))
             replies.append(answer)
         scores = rm.score(tokenizer, contexts, replies, batch_size=config.reward_batch_size)
+        held_out = scores[len(scores) - len(mine.get("prompts", [])):]  # prompts come last
         out[label] = {"mean": sum(scores) / len(scores) if scores else float("nan"),
-                      "n": len(scores)}
+                      "n": len(scores), "scores": [float(x) for x in scores],
+                      "prompts_mean": sum(held_out) / len(held_out) if held_out else float("nan"),
+                      "prompts_n": len(held_out)}
     return out
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from xwin.config_base import UserError, digest
 from xwin.data.io import ChunkedJsonlWriter, read_complete_records, read_records, write_records
@@ -133,17 +134,18 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
     tokenizer = load_tokenizer(model_dir)
     limit = context_limit(model_dir, config)
     prompt_ids = {p.id: tokenize_prompt(tokenizer, p.messages) for p in mine if p.id not in done}
-    too_long = [p.id for p in mine if p.id in prompt_ids and len(prompt_ids[p.id]) >= limit]
+    too_long = {p.id for p in mine if p.id in prompt_ids and len(prompt_ids[p.id]) >= limit}
     if too_long:
         log.warning("%d prompts leave no room to generate within max_model_len=%d and are "
-                    "skipped: %s", len(too_long), limit, ", ".join(too_long[:10]))
-    todo = [p for p in mine if p.id in prompt_ids and p.id not in set(too_long)]
+                    "skipped: %s", len(too_long), limit, ", ".join(sorted(too_long)[:10]))
+    todo = [p for p in mine if p.id in prompt_ids and p.id not in too_long]
     generated_tokens = 0
     started = time.monotonic()
     if todo:
         params = config.generation_params()
         with open_engine(model_dir, config.engine_options(ctx.shard_index)) as engine, \
-                ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer:
+                ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer, \
+                tqdm(total=len(mine), initial=resumed, desc="prompts sampled", unit="prompt") as bar:
             for start in range(0, len(todo), config.chunk_prompts):
                 chunk = todo[start : start + config.chunk_prompts]
                 samples = sample_distinct(engine, [prompt_ids[p.id] for p in chunk], config.n,
@@ -152,7 +154,7 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
                 writer.append(records)
                 done.update((r.id, r) for r in records)
                 generated_tokens += sum(g.num_tokens for s in samples for g in s.generations)
-                log.info("sampled %d/%d prompts of this shard", len(done), len(mine))
+                bar.update(len(chunk))
     seconds = time.monotonic() - started
 
     records = [done[p.id] for p in mine if p.id in done]
@@ -166,6 +168,6 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
         "seconds": round(seconds, 3),
         "kept_tokens_per_s": round(generated_tokens / seconds, 2) if todo and seconds > 0 else 0.0,
     })
-    (out / "stats.json").write_text(json.dumps({**metrics, "too_long_ids": too_long}, indent=2))
+    (out / "stats.json").write_text(json.dumps({**metrics, "too_long_ids": sorted(too_long)}, indent=2))
     ctx.commit(out, metrics)
     return metrics

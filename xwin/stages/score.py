@@ -36,7 +36,10 @@ SCORED_FILE = "scored.jsonl"
 class ScoreConfig(StrictModel):
     batch_size: int = Field(16, ge=1, description="sequences per reward-model forward pass")
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="reward model dtype"
+        "float32",
+        description="reward model dtype. float32 by default: in bfloat16 a score moves by up to "
+        "~0.1 with the batch it is computed in (measured on SmolLM2-135M, score std ~0.5), "
+        "enough to reorder near-tied responses; bfloat16 halves memory and time on a GPU",
     )
     max_length: int = Field(
         2048,
