@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml requirements/data.txt
 	@# CPU torch (torchvision::nms missing, torchcodec's .so); xwin needs none of them.
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
 	$(BIN)/python -c "import torch, transformers, deepspeed, vllm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'vllm', vllm.__version__)"
+	@# DeepSpeed JIT-compiles its CPU ops (shared-memory collectives, CPU Adam) on first use, for
+	@# minutes; build them once here (cached in ~/.cache/torch_extensions) rather than inside the
+	@# first training stage or test.
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder, CPUAdamBuilder; ShareMemCommBuilder().load(); CPUAdamBuilder().load(); print('deepspeed CPU ops built')"
 	touch $(STAMP)
 
 demo: install ## run the whole recipe on the CPU with SmolLM2-135M-Instruct (examples/demo-cpu.yaml)

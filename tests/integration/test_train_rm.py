@@ -48,3 +48,15 @@ def test_rm_beats_chance_on_held_out_pairs_of_a_knowable_task(tmp_path, tiny_mod
     assert metrics["eval_pairs"] == 80
     assert metrics["eval_accuracy"] >= 0.65, metrics
     assert metrics["eval_reward_margin_mean"] > 0
+
+
+def test_a_bad_pair_fails_permanently_naming_file_line_and_field(tmp_path, tiny_model_dir, capsys):
+    from xwin.stages.runner import EXIT_USER_ERROR, main
+
+    data = write_word_pairs(tmp_path / "pairs.jsonl", count=4)
+    with open(data, "a") as f:
+        f.write(json.dumps({"context": [{"role": "assistant", "content": "hi"}], "chosen": "a", "rejected": "b"}) + "\n")
+    spec = write_spec(tmp_path, "rm", {"model": tiny_model_dir, "train": data}, {"max_steps": 1, "zero_stage": 0})
+    assert main("rm", spec) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert f"{data}:5" in err and "context" in err

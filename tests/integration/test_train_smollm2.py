@@ -9,9 +9,16 @@ import subprocess
 import sys
 
 import pytest
+from train_support import (
+    REPO,
+    committed,
+    history,
+    process_env,
+    run_workers,
+    write_conversations,
+    write_spec,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from train_support import REPO, process_env, committed, history, run_workers, write_conversations, write_spec
 
 
 @pytest.mark.slow
