@@ -316,3 +316,20 @@ def progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
                 bar.update(n)
 
         yield on_bytes
+
+
+def write_folder_atomically(out_dir: Path, write) -> Path:
+    """`write(tmp_dir)` fills a temporary sibling folder, which then replaces out_dir: a crash
+    never leaves a half-written folder where a reader would look for a finished one."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; model folders are read by other users/pods
+    try:
+        write(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -3,16 +3,14 @@ that transformers, vLLM and DeepSpeed all load what a stage writes unchanged."""
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
 import importlib.util
+import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from xwin.artifacts.folders import write_folder_atomically
 from xwin.config_base import UserError
 
 log = logging.getLogger(__name__)
@@ -33,7 +31,7 @@ def packaged_gguf(name: str = "smollm2") -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"packaged model {name!r} needs the PyPI package {package}")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.exists():
         raise UserError(f"{path}: not found in package {package}")
     return path
@@ -71,21 +69,13 @@ def load_causal_lm(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
 
 
 def save_atomically(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
-    """save_pretrained into a temporary sibling folder, then rename: a crash never leaves a
-    half-written model where a later stage would look for one."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is read by other users/pods
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    """save_pretrained (safetensors) and the tokenizer, committed as one folder rename."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write_folder_atomically(Path(out_dir), write)
 
 
 def import_gguf(source: str | Path, out_dir: Path, dtype: str = "float32") -> Path:

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -200,17 +198,3 @@ def gathered_state_dict(module: torch.nn.Module, zero_stage: int, is_main: bool)
     return state
 
 
-def write_folder_atomically(out_dir: Path, write) -> Path:
-    """`write(tmp_dir)` fills a temporary sibling folder, which then replaces out_dir."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
-        write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir

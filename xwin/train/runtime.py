@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from xwin.artifacts.folders import write_folder_atomically
 from xwin.data.io import read_records
 from xwin.stages.base import StageContext
-from xwin.train.checkpoint import Checkpoints, gathered_state_dict, write_folder_atomically
+from xwin.train.checkpoint import Checkpoints, gathered_state_dict
 from xwin.train.launch import (
     ProcessPlan,
     barrier,
