@@ -29,7 +29,7 @@ def tiny_config(tmp_path: Path, model_dir: Path, **sections: dict[str, Any]) -> 
         "prepare": {"base_model": str(model_dir), "sft_conversations": 12, "prompts": 4,
                     "eval_prompts": 2, "mtbench_questions": 2,
                     "pairs": {"count": 4, "max_new_tokens": 6, "dtype": "float32"}},
-        "sample": {"backend": "hf", "dtype": "float32", "n": 2, "max_new_tokens": 6,
+        "sample": {"backend": "hf", "dtype": "float32", "responses_per_prompt": 2, "max_new_tokens": 6,
                    "chunk_prompts": 1},
     }
     for section, values in sections.items():

@@ -124,3 +124,14 @@ def test_cancel_stops_the_controller_and_its_stage_and_the_run_stays_resumable(t
     record = only_record(tmp_path / "work")
     assert record.status == "interrupted"
     assert record.stages["prepare"].status == "cancelled"
+
+
+def test_a_stage_past_its_deadline_is_stopped_retried_and_the_run_fails_with_exit_1(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, run={"max_attempts": 2},
+                         executor={"profiles": {"prepare": {"active_deadline_s": 1}}})
+    result = xwin("run", str(config), "--only", "prepare", cwd=tmp_path)
+    assert result.returncode == 1, explain(result)
+    prepare = only_record(tmp_path / "work").stages["prepare"]
+    assert [a.reason for a in prepare.attempts] == ["ran past active_deadline_s=1"] * 2
+    assert prepare.status == "failed"
+    assert not any(alive(p) for a in prepare.attempts for p in a.pids)

@@ -85,7 +85,7 @@ def test_generation_api_counts_budgets_and_limits(tiny_model_dir):
 
 
 def test_hf_backend_gives_n_distinct_responses_per_prompt(tmp_path, tiny_model_dir):
-    spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS, n=3)
+    spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS, responses_per_prompt=3)
     metrics = run_stage("sample", spec)
     assert_well_formed(committed_records(tmp_path), PROMPTS, n=3, max_new=6)
     assert metrics["prompts"] == 3 and metrics["responses"] == 9
@@ -96,7 +96,7 @@ def test_hf_backend_gives_n_distinct_responses_per_prompt(tmp_path, tiny_model_d
 def test_rerun_after_a_crash_continues_after_the_last_flushed_chunk(tmp_path, tiny_model_dir):
     prompts = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"Count to {i}."}]}
                for i in range(5)]
-    spec = sample_spec(tmp_path, tiny_model_dir, prompts, n=2, chunk_prompts=2)
+    spec = sample_spec(tmp_path, tiny_model_dir, prompts, responses_per_prompt=2, chunk_prompts=2)
     run_stage("sample", spec)
     first = committed_records(tmp_path)
     # What a crash during chunk 2 leaves: chunk 1 (2 prompts) flushed, then a torn line.
@@ -114,15 +114,15 @@ def test_rerun_after_a_crash_continues_after_the_last_flushed_chunk(tmp_path, ti
 
 
 def test_a_different_config_does_not_reuse_flushed_work(tmp_path, tiny_model_dir):
-    run_stage("sample", sample_spec(tmp_path, tiny_model_dir, PROMPTS, n=2))
-    metrics = run_stage("sample", sample_spec(tmp_path, tiny_model_dir, PROMPTS, n=2, top_p=0.9))
+    run_stage("sample", sample_spec(tmp_path, tiny_model_dir, PROMPTS, responses_per_prompt=2))
+    metrics = run_stage("sample", sample_spec(tmp_path, tiny_model_dir, PROMPTS, responses_per_prompt=2, top_p=0.9))
     assert metrics["prompts_resumed"] == 0 and metrics["prompts_generated"] == 3
 
 
 def test_a_model_that_keeps_answering_blank_falls_short_with_the_reason(tmp_path, tiny_model_dir):
     # The tiny random model's most likely token is a newline; top_p this small keeps only it, so
     # every sample is whitespace: dropped as empty, asked again, max_rounds times.
-    spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS[:2], n=3, top_p=1e-9, max_rounds=3)
+    spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS[:2], responses_per_prompt=3, top_p=1e-9, max_rounds=3)
     metrics = run_stage("sample", spec)
     for record in committed_records(tmp_path):
         assert record.responses == []
@@ -133,7 +133,7 @@ def test_a_model_that_keeps_answering_blank_falls_short_with_the_reason(tmp_path
 
 
 def test_greedy_decoding_gives_one_response_and_says_why(tmp_path, tiny_model_dir):
-    metrics = run_stage("sample", sample_spec(tmp_path, tiny_model_dir, PROMPTS[:1], n=4,
+    metrics = run_stage("sample", sample_spec(tmp_path, tiny_model_dir, PROMPTS[:1], responses_per_prompt=4,
                                               temperature=0.0))
     [record] = committed_records(tmp_path)
     # One greedy answer at most (the tiny model's is blank, so none is kept).
@@ -143,7 +143,7 @@ def test_greedy_decoding_gives_one_response_and_says_why(tmp_path, tiny_model_di
 
 
 def test_shards_take_strided_slices_and_commit_their_own_part(tmp_path, tiny_model_dir):
-    spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS, shards=2, n=2)
+    spec = sample_spec(tmp_path, tiny_model_dir, PROMPTS, shards=2, responses_per_prompt=2)
     run_stage("sample", spec, shard="0/2")
     run_stage("sample", spec, shard="1/2")
     part0 = committed_records(tmp_path, "runs/test/sample/part-00000-of-00002")
@@ -154,7 +154,7 @@ def test_shards_take_strided_slices_and_commit_their_own_part(tmp_path, tiny_mod
 
 def test_prompts_too_long_for_the_context_are_skipped_and_counted(tmp_path, tiny_model_dir):
     long = {"id": "long", "messages": [{"role": "user", "content": "word " * 200}]}
-    spec = sample_spec(tmp_path, tiny_model_dir, [PROMPTS[0], long], n=2, max_model_len=96)
+    spec = sample_spec(tmp_path, tiny_model_dir, [PROMPTS[0], long], responses_per_prompt=2, max_model_len=96)
     metrics = run_stage("sample", spec)
     assert [r.id for r in committed_records(tmp_path)] == ["capital"]
     assert metrics["prompts_too_long"] == 1
@@ -162,19 +162,19 @@ def test_prompts_too_long_for_the_context_are_skipped_and_counted(tmp_path, tiny
 
 def test_bad_prompts_fail_permanently_naming_file_line_and_field(tmp_path, tiny_model_dir, capsys):
     bad = [PROMPTS[0], {"id": "x", "messages": [{"role": "assistant", "content": "hi"}]}]
-    spec = sample_spec(tmp_path, tiny_model_dir, bad, n=2)
+    spec = sample_spec(tmp_path, tiny_model_dir, bad, responses_per_prompt=2)
     assert stage_main("sample", spec) == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "prompts.jsonl:2" in err and "messages" in err
 
 
 def test_duplicate_prompt_ids_are_refused(tmp_path, tiny_model_dir, capsys):
-    spec = sample_spec(tmp_path, tiny_model_dir, [PROMPTS[0], PROMPTS[0]], n=2)
+    spec = sample_spec(tmp_path, tiny_model_dir, [PROMPTS[0], PROMPTS[0]], responses_per_prompt=2)
     assert stage_main("sample", spec) == EXIT_USER_ERROR
     assert "id 'capital' repeats prompt 1" in capsys.readouterr().err
 
 
-SMOLLM2 = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24, "n": 4, "seed": 1,
+SMOLLM2 = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24, "responses_per_prompt": 4, "seed": 1,
            "dtype": "bfloat16", "max_model_len": 1024}
 
 
@@ -208,7 +208,7 @@ def test_hf_backend_on_smollm2(tmp_path, smollm2_dir):
 def test_a_model_that_keeps_repeating_itself_falls_short_with_the_reason(tmp_path, smollm2_dir):
     # top_p this small keeps only the most likely token: sampling that behaves greedily, so
     # SmolLM2 gives the same answer every time.
-    spec = sample_spec(tmp_path, smollm2_dir, PROMPTS[:1], backend="hf", n=3, top_p=1e-9,
+    spec = sample_spec(tmp_path, smollm2_dir, PROMPTS[:1], backend="hf", responses_per_prompt=3, top_p=1e-9,
                        max_rounds=2, max_new_tokens=12)
     metrics = run_stage("sample", spec)
     [record] = committed_records(tmp_path)

@@ -65,7 +65,7 @@ def test_default_plan_runs_every_default_stage_in_dependency_order(store):
 @pytest.mark.parametrize("override, changed_stage", [
     ("sample.temperature=0.5", "sample"),
     ("prepare.prompts=7", "prepare"),
-    ("sample.n=3", "sample"),
+    ("sample.responses_per_prompt=3", "sample"),
 ])
 def test_changing_one_stage_config_changes_exactly_its_key_and_its_dependents(store, override,
                                                                              changed_stage):

@@ -249,10 +249,16 @@ class LocalExecutor(Executor):
             if self.on_spawn:
                 self.on_spawn(job, [popen.pid for _, popen in running])
             failure: tuple[LocalProcess, int] | None = None
+            deadline = job.profile.active_deadline_s  # as a Job's activeDeadlineSeconds
+            started = time.monotonic()
             while True:
                 if job.run_id in self._cancelled:
                     self._stop(running)
                     return StageResult(status="cancelled", reason="cancelled",
+                                       log_path=procs[0].log_path)
+                if deadline is not None and time.monotonic() - started > deadline:
+                    self._stop(running)  # a hung rendezvous or a stuck stage
+                    return StageResult(status="failed", reason=f"ran past active_deadline_s={deadline}",
                                        log_path=procs[0].log_path)
                 codes = [(p, popen.poll()) for p, popen in running]
                 for p, code in codes:

@@ -45,9 +45,12 @@ class SampleConfig(EngineOptions, GenerationParams):
     gpu_memory_utilization, ...) and sampling settings (temperature, top_p, max_new_tokens) as
     flat fields, plus how many distinct responses to collect."""
 
-    n: int = Field(64, ge=1, description="distinct responses per prompt (the paper: 64)")
+    # Not `n`: YAML 1.1 readers (helm among them) take an unquoted `n:` key for `false`.
+    responses_per_prompt: int = Field(
+        64, ge=1, description="distinct responses per prompt (the paper: 64)"
+    )
     max_rounds: int = Field(
-        4, ge=1, description="sampling rounds to top duplicates / empty responses back up to n"
+        4, ge=1, description="sampling rounds to top duplicates / empty responses back up to responses_per_prompt"
     )
     chunk_prompts: int = Field(
         8, ge=1, description="prompts per flushed chunk: what a crash can lose at most"
@@ -148,7 +151,7 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
                 tqdm(total=len(mine), initial=resumed, desc="prompts sampled", unit="prompt") as bar:
             for start in range(0, len(todo), config.chunk_prompts):
                 chunk = todo[start : start + config.chunk_prompts]
-                samples = sample_distinct(engine, [prompt_ids[p.id] for p in chunk], config.n,
+                samples = sample_distinct(engine, [prompt_ids[p.id] for p in chunk], config.responses_per_prompt,
                                           params, config.max_rounds)
                 records = [to_record(p, s, len(prompt_ids[p.id])) for p, s in zip(chunk, samples)]
                 writer.append(records)
@@ -160,7 +163,7 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
     records = [done[p.id] for p in mine if p.id in done]
     out = ctx.workdir / "out"
     write_records(out / SAMPLES_FILE, records)
-    metrics = sampling_metrics(records, config.n)
+    metrics = sampling_metrics(records, config.responses_per_prompt)
     metrics.update({
         "prompts_resumed": resumed,
         "prompts_generated": len(todo),
