@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,7 +29,7 @@ app.add_typer(model_app, name="model", help="Import and inspect models.")
 def stage(
     name: str = typer.Argument(..., help="prepare, sft, rm, sample, score, select, rs, dpo, eval, annotate"),
     config: Path = typer.Option(..., "--config", "-c", help="the stage spec (YAML)"),
-    shard: Optional[str] = typer.Option(None, help="i/K: this process's shard; default from JOB_COMPLETION_INDEX"),
+    shard: str | None = typer.Option(None, help="i/K: this process's shard; default from JOB_COMPLETION_INDEX"),
 ) -> None:
     """Run one stage: the command every Job container and local process runs."""
     from xwin.stages.runner import main as run_stage_main

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xwin.config_base import UserError
-from xwin.models.loading import import_gguf, load_causal_lm, resolve_gguf
+from xwin.models.loading import load_causal_lm, resolve_gguf
 
 
 def test_tiny_model_loads_with_transformers_and_has_the_chat_template(tiny_model_dir):

@@ -41,9 +41,19 @@ def absolute_paths(config):
 
 
 def config_from_record(record: RunRecord):
-    from xwin.config import PipelineConfig
+    from pydantic import ValidationError
 
-    return PipelineConfig(**record.config)  # init values outrank XWIN_* variables and files
+    from xwin.config import PipelineConfig
+    from xwin.config_base import ConfigError, format_validation_error
+
+    try:
+        return PipelineConfig(**record.config)  # init values outrank XWIN_* variables and files
+    except ValidationError as e:  # the stages' configs changed since the run started
+        raise ConfigError(
+            format_validation_error(e, f"run {record.run_id}'s recorded config")
+            + "\nthis version of xwin reads the config differently; start a new run with "
+            "`xwin run CONFIG` (finished stages are reused where their keys still match)"
+        ) from e
 
 
 def open_runs(config) -> RunStore:

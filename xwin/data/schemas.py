@@ -82,7 +82,7 @@ class PreferencePair(Record):
         return _check_turns(v, last="user")
 
     @model_validator(mode="after")
-    def _replies(self) -> "PreferencePair":
+    def _replies(self) -> PreferencePair:
         for name in ("chosen", "rejected"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name} reply is empty")

@@ -36,7 +36,7 @@ class StageSpec(StrictModel):
     workdir: Path = Path(".xwin/work")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "StageSpec":
+    def from_file(cls, path: str | Path) -> StageSpec:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
