@@ -63,6 +63,20 @@ def write_spec(job: StageJob) -> Path:
     return path
 
 
+# Rank and rendezvous variables the controller itself may carry (started under torchrun, or
+# set by an in-process DeepSpeed init): a stage gets its own from the rendered Job, never these.
+DISTRIBUTED_VARS = frozenset({
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+    "MASTER_ADDR", "MASTER_PORT", "JOB_COMPLETION_INDEX", "CROSS_RANK", "CROSS_SIZE",
+})
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment (it carries what Secrets would: store credentials) less the
+    distributed variables."""
+    return {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARS}
+
+
 def job_processes(job: StageJob, spec_path: Path, settings=None, done_shards: set[int] = frozenset(),
                   parallel_shards: bool = False) -> list[LocalProcess]:
     """The processes of one attempt: one per pod of the rendered Job (`xwin.k8s.render`), with
@@ -86,7 +100,7 @@ def job_processes(job: StageJob, spec_path: Path, settings=None, done_shards: se
         # Waiting OpenMP threads sleep instead of spinning: on a machine whose cores are shared
         # (the controller, other shards, other work) spinning threads slowed a 135M model's
         # generation 20x in our measurements. A user's own setting wins.
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **rendered.container_env(index, local=True)}
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **inherited_env(), **rendered.container_env(index, local=True)}
         if "MASTER_PORT" in env:
             env["MASTER_PORT"] = port
         label = f"shard-{index}" if shards > 1 else (f"rank-{index}" if index else "")
