@@ -198,3 +198,15 @@ def test_a_wiring_cycle_is_reported(store):
         plan_of(store, "run.inputs={sft.model: dpo}")
     with pytest.raises(ConfigError, match="<stage>.<input>"):
         plan_of(store, "run.inputs={nonsense: sft}")
+
+
+def test_a_user_preference_file_replaces_one_input(store, tmp_path):
+    pairs = tmp_path / "xwin-pair.jsonl"
+    pairs.write_text('{"context": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}\n')
+    plan = plan_of(store, f"run.inputs={{rm.train: {pairs}}}")
+    assert plan.stages["rm"].inputs["train"] == str(pairs)
+    key = plan.stages["rm"].key
+    pairs.write_text(pairs.read_text() * 2)  # new content, same path: a new key
+    assert plan_of(store, f"run.inputs={{rm.train: {pairs}}}").stages["rm"].key != key
+    with pytest.raises(ConfigError, match="neither a committed artifact nor an existing path"):
+        plan_of(store, "run.inputs={rm.train: /no/such/pairs.jsonl}")

@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
         only: Annotated[list[str], typer.Option(help="run just these stages (comma-separated)")] = [],  # noqa: B006
         from_: Annotated[str | None, typer.Option("--from", help="skip stages before this one")] = None,
         until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
-        force: Annotated[list[str], typer.Option(help="rerun these stages (and what depends on them) even if cached")] = [],  # noqa: B006
+        force: Annotated[list[str], typer.Option(
+            help="rerun these stages (and what depends on them) even if cached")] = [],  # noqa: B006
         dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan (keys, what runs) and exit")] = False,
     ) -> None:
         """Run the pipeline: every stage whose output is not in the store yet."""

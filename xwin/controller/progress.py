@@ -133,8 +133,9 @@ class LineProgress:
             if stage.status == "pending":
                 continue
             parts = [time.strftime("%H:%M:%S"), f"{stage.name:9s}", stage.status]
-            if stage.status == "running":
-                parts.append(f"attempt {len(stage.attempts)}" + (f" (log {Path(stage.attempts[-1].log).name})" if stage.attempts and stage.attempts[-1].log else ""))
+            if stage.status == "running" and stage.attempts:
+                attempt = stage.attempts[-1]
+                parts.append(f"attempt {attempt.number}" + (f" (log {Path(attempt.log).name})" if attempt.log else ""))
             elif stage.status in ("succeeded", "failed", "cancelled"):
                 parts.append(format_seconds(stage.elapsed_s))
                 parts.append(key_metrics(stage.metrics, limit=5))
