@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where native, else float32/16")
     parser.add_argument("--hf-batch-size", type=int, default=32)
     parser.add_argument("--score-batch-size", type=int, default=16)
     parser.add_argument("--score-max-length", type=int, default=1024)
@@ -181,6 +181,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from xwin.data.mtbench import load_mtbench_questions, mtbench_prompts
+    from xwin.hardware import resolve_dtype
 
     model_dir = args.model or smollm2_folder()
     prompts = mtbench_prompts(load_mtbench_questions())[: args.prompts]
@@ -188,7 +189,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"CPU ({os.cpu_count()} cores, {platform.machine()}), torch threads {torch.get_num_threads()}"
     print(f"model {model_dir.name}, {len(contexts)} MT-bench prompts x N={args.n}, "
-          f"max {args.max_new_tokens} new tokens, {args.dtype}, {device}", flush=True)
+          f"max {args.max_new_tokens} new tokens, {resolve_dtype(args.dtype)}, {device}", flush=True)
     generation = bench_generation(model_dir, contexts, args)
     replies = generation["backends"]["hf"].pop("texts")
     generation["backends"]["vllm"].pop("texts")

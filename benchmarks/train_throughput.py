@@ -4,11 +4,12 @@ process, the same dtype; tokens/s and the ours/TRL ratio.
 
     python benchmarks/train_throughput.py [--model DIR] [--steps 30] [--batch 8] [--repeats 2]
 
-Each measurement runs in its own process. What is timed: optimizer steps only (model loading, tokenization and the DPO reference pass are
-left out), from the start of step `--warmup` to the start of the last step, as examples/s; tokens/s
-is examples/s x the mean non-pad tokens per example (our tokenization of the same examples, which
-is what both sides train on up to template details). Ours runs DeepSpeed ZeRO-0 with random
-batches (as TRL's default sampler; length grouping or packing would pad less and run faster).
+Each measurement runs in its own process. What is timed: optimizer steps only (model loading,
+tokenization and the DPO reference pass are left out), from the start of step `--warmup` to the
+start of the last step, as examples/s; tokens/s is examples/s x the mean non-pad tokens per example
+(our tokenization of the same examples, which is what both sides train on up to template details).
+Ours runs DeepSpeed ZeRO-0 with random batches (as TRL's default sampler; length grouping or
+packing would pad less and run faster).
 TRL is a benchmark-only dependency (`pip install trl`). On a GPU pass --model with a real model
 (e.g. SmolLM2-135M) and --bf16.
 """
@@ -80,11 +81,13 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
     from xwin.data.dataset import SftCollator, build_sft_dataset, pad_token_id
     from xwin.data.schemas import Conversation, PreferencePair
     from xwin.models.loading import load_causal_lm, load_tokenizer
-    from xwin.stages.dpo import DpoConfig, PrecomputedReference, make_dpo_step
-    from xwin.stages.sft import SftConfig, sft_step
+    from xwin.stages.dpo import DpoConfig
+    from xwin.stages.sft import SftConfig
+    from xwin.train.dpo import PrecomputedReference, make_dpo_step
     from xwin.train.launch import init_distributed, plan_processes
     from xwin.train.loop import TrainTask, train
     from xwin.train.pairs import PairCollator, tokenize_pairs
+    from xwin.train.sft import sft_step
 
     plan = plan_processes({})
     device = init_distributed(plan)
@@ -104,7 +107,8 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
         config = DpoConfig(**common, beta=0.1)
         examples, _ = tokenize_pairs([PreferencePair(**p) for p in pairs(args.examples)], tokenizer, args.max_length)
         collate = PairCollator(pad_token_id(tokenizer))
-        reference = PrecomputedReference(workdir / f"ref-{time.time_ns()}.pt", examples, collate, args.batch, plan, device)
+        reference = PrecomputedReference(workdir / f"ref-{time.time_ns()}.pt", examples, collate, args.batch,
+                                         plan, device)
         step, prepare = make_dpo_step(config, reference), reference.prepare
 
     def timed_step(engine, batch):
@@ -132,7 +136,8 @@ def trl_run(kind: str, model_dir: Path, args, workdir: Path) -> float:
             clock.starts.append(time.perf_counter())
 
     common = {"output_dir": str(workdir / f"trl-{kind}"), "per_device_train_batch_size": args.batch,
-                  "gradient_accumulation_steps": 1, "max_steps": args.steps, "learning_rate": 1e-5, "logging_steps": 10**6,
+                  "gradient_accumulation_steps": 1, "max_steps": args.steps, "learning_rate": 1e-5,
+                  "logging_steps": 10**6,
                   "save_strategy": "no", "report_to": [], "bf16": args.bf16, "max_length": args.max_length,
                   "lr_scheduler_type": "constant", "warmup_steps": 0, "dataloader_num_workers": 0, "seed": 0,
                   "gradient_checkpointing": False, "use_cpu": not torch.cuda.is_available()}

@@ -1,13 +1,9 @@
 # syntax=docker/dockerfile:1
 # The controller image: `xwin run` with executor.kind: kubernetes, in the chart's controller Job.
-# It plans, creates stage Jobs and watches them; it trains nothing, so no DeepSpeed, vLLM or CUDA.
-# torch (CPU build) and transformers are here only because loading the pipeline config imports
-# every stage module and some import them at the top; drop them once none does.
+# It plans, creates stage Jobs, watches them and writes the report; it trains nothing, so no torch,
+# transformers, DeepSpeed, vLLM or CUDA (tests/unit/test_controller_imports.py keeps it so).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE}
-
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -20,7 +16,6 @@ RUN groupadd --gid 10001 xwin \
  && mkdir -p /var/lib/xwin && chown 10001:10001 /var/lib/xwin
 
 WORKDIR /opt/xwin
-RUN pip install "torch==${TORCH_VERSION}+cpu" --index-url "${TORCH_CPU_INDEX}"
 
 COPY images/constraints.txt images/constraints.txt
 COPY pyproject.toml README.md ./
@@ -29,7 +24,7 @@ COPY jobs jobs
 RUN pip install -c images/constraints.txt --no-deps . \
  && pip install -c images/constraints.txt \
       kubernetes boto3 pydantic pydantic-settings PyYAML tenacity tqdm rich typer httpx numpy \
-      matplotlib transformers safetensors accelerate gguf \
+      matplotlib \
  && xwin --help > /dev/null
 
 USER 10001:10001

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from xwin.artifacts.cli import app as artifacts_app
 from xwin.controller.cli import register as register_controller
 from xwin.data.cli import app as data_app
 from xwin.k8s.cli import register as register_k8s
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data", help="Validate and import datasets.")
 app.add_typer(model_app, name="model", help="Import and inspect models.")
+app.add_typer(artifacts_app, name="artifacts", help="Commit, fetch and list artifacts in the store.")
 
 
 @app.command()

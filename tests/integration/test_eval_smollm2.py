@@ -43,7 +43,7 @@ def test_eval_with_a_local_vllm_judge_then_rerun_from_cache(tmp_path, smollm2_di
         "inputs": {"model:smollm2": str(smollm2_dir), "model:tiny": str(tiny_model_dir),
                    "judge": str(smollm2_dir)},
         "config": {
-            "engine": {"backend": "hf", "dtype": "bfloat16"},
+            "engine": {"backend": "hf", "dtype": "auto"},
             "generation": {"temperature": 0.0, "max_new_tokens": 48},
             "mtbench": {"question_ids": QUESTION_IDS},
             # a 135M judge keeps the verdict format only when decoding is constrained to it

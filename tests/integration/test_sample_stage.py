@@ -55,7 +55,10 @@ def assert_well_formed(records: list[MultiwiseRecord], prompts: list[dict], n: i
 
 def test_add_distinct_drops_repeats_and_empty_answers():
     samples, seen = DistinctSamples(), set()
-    gen = lambda text: Generation(text, "stop", 2, 5)
+
+    def gen(text):
+        return Generation(text, "stop", 2, 5)
+
     add_distinct(samples, seen, [gen("a"), gen("a"), gen("  "), gen("b"), gen("c")], n=2)
     assert [g.text for g in samples.generations] == ["a", "b"]
     assert (samples.duplicates, samples.empty) == (1, 1)
@@ -175,7 +178,7 @@ def test_duplicate_prompt_ids_are_refused(tmp_path, tiny_model_dir, capsys):
 
 
 SMOLLM2 = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24, "responses_per_prompt": 4, "seed": 1,
-           "dtype": "bfloat16", "max_model_len": 1024}
+           "dtype": "auto", "max_model_len": 1024}
 
 
 @pytest.mark.slow

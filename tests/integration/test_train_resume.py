@@ -20,8 +20,9 @@ from train_support import (
 )
 
 CONFIG = {"learning_rate": 2e-3, "max_steps": 16, "micro_batch_size": 2, "gradient_accumulation_steps": 2,
-              "max_length": 128, "zero_stage": 2, "warmup_steps": 2, "lr_scheduler": "cosine", "log_every": 1, "eval_every": 8,
-              "save_every": 4, "eval_fraction": 0.1, "batching": "length_grouped", "gradient_checkpointing": False, "seed": 5}
+          "max_length": 128, "zero_stage": 2, "warmup_steps": 2, "lr_scheduler": "cosine", "log_every": 1,
+          "eval_every": 8, "save_every": 4, "eval_fraction": 0.1, "batching": "length_grouped",
+          "gradient_checkpointing": False, "seed": 5}
 
 
 def test_a_killed_run_resumes_and_reaches_the_uninterrupted_final_loss(tmp_path, tiny_model_dir):

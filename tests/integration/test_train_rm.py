@@ -55,7 +55,8 @@ def test_a_bad_pair_fails_permanently_naming_file_line_and_field(tmp_path, tiny_
 
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=4)
     with open(data, "a") as f:
-        f.write(json.dumps({"context": [{"role": "assistant", "content": "hi"}], "chosen": "a", "rejected": "b"}) + "\n")
+        bad = {"context": [{"role": "assistant", "content": "hi"}], "chosen": "a", "rejected": "b"}
+        f.write(json.dumps(bad) + "\n")
     spec = write_spec(tmp_path, "rm", {"model": tiny_model_dir, "train": data}, {"max_steps": 1, "zero_stage": 0})
     assert main("rm", spec) == EXIT_USER_ERROR
     err = capsys.readouterr().err

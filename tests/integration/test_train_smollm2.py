@@ -44,8 +44,8 @@ def test_sft_of_smollm2_loads_in_transformers_and_vllm(tmp_path, smollm2_dir):
     prompts.write_text(json.dumps({"id": "capital", "messages": [
         {"role": "user", "content": "What is the capital of France?"}]}) + "\n")
     sample = write_spec(tmp_path, "sample", {"model": folder, "prompts": prompts},
-                        {"backend": "vllm", "responses_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 16, "seed": 1,
-                         "dtype": "bfloat16", "max_model_len": 512, "gpu_memory_utilization": 0.3})
+                        {"backend": "vllm", "responses_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 16,
+                         "seed": 1, "dtype": "auto", "max_model_len": 512, "gpu_memory_utilization": 0.3})
     done = subprocess.run([sys.executable, "-m", "xwin.cli", "stage", "sample", "--config", str(sample)],
                           env=process_env({}), cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]

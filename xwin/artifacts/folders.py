@@ -176,7 +176,7 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     try:
         return manifest.model_dump_json(indent=2).encode()
     except PydanticSerializationError as e:
-        raise ArtifactError(f"artifact {manifest.key}: metadata is not JSON-serialisable: {e}")
+        raise ArtifactError(f"artifact {manifest.key}: metadata is not JSON-serialisable: {e}") from e
 
 
 def parse_manifest(data: bytes, where: str) -> Manifest:
@@ -223,31 +223,6 @@ def verify_folder(folder: Path, manifest: Manifest, *, full: bool) -> None:
         raise ArtifactCorrupt(
             f"artifact {manifest.key} (commit {manifest.commit_id}) at {folder}: {shown}"
         )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old bytes or the new ones, never a mix: tmp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in this folder durable (a crash could otherwise undo it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def staging_dir_for(dest: Path, commit_id: str) -> Path:

@@ -39,7 +39,6 @@ from xwin.artifacts.folders import (
     copy_and_hash,
     file_lock,
     file_problem,
-    fsync_dir,
     is_key,
     list_files,
     manifest_bytes,
@@ -52,8 +51,8 @@ from xwin.artifacts.folders import (
     utc_now,
     verify_folder,
     verify_sha256_default,
-    write_atomic,
 )
+from xwin.atomic_files import fsync_dir, write_bytes_atomically
 from xwin.config_base import StoreConfig
 
 log = logging.getLogger(__name__)
@@ -123,7 +122,7 @@ class LocalStore(ArtifactStore):
                 published = commits / commit_id
                 os.rename(stage, published)
                 fsync_dir(commits)
-                write_atomic(self._manifest_path(key), manifest_bytes(manifest))
+                write_bytes_atomically(self._manifest_path(key), manifest_bytes(manifest))
                 published = None  # the manifest owns it now
                 garbage = self._collect_garbage(commits, keep=commit_id)
         except BaseException:
@@ -202,7 +201,7 @@ class LocalStore(ArtifactStore):
 
     def put_record(self, key: str, data: bytes) -> None:
         check_key(key)
-        write_atomic(self.root / ".records" / key, data)
+        write_bytes_atomically(self.root / ".records" / key, data)
 
     # -- reading
     def manifest(self, key: str) -> Manifest | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from xwin.atomic_files import write_text_atomically
 from xwin.controller.executor import Executor, StageJob, StageResult
 from xwin.stages.base import part_key
 
@@ -56,10 +57,7 @@ def free_port() -> int:
 def write_spec(job: StageJob) -> Path:
     """The stage spec as the Job's ConfigMap would hold it, kept per attempt for inspection."""
     path = job.log_dir.parent / "specs" / f"{job.stage}.{job.attempt}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(job.spec.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomically(path, yaml.safe_dump(job.spec.model_dump(mode="json"), sort_keys=False))
     return path
 
 

@@ -24,20 +24,12 @@ from typing import Any
 
 from xwin.controller.progress import format_seconds, key_metrics
 from xwin.controller.state import RunRecord, RunStore
+from xwin.plots import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
 TRAINING_STAGES = ("sft", "rm", "rs", "dpo")
 MODEL_STAGES = ("sft", "rs", "dpo")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _fetch(store, key: str) -> Path | None:
@@ -82,8 +74,7 @@ def plot_training(stage: str, rows: list[dict], out: Path) -> Path | None:
     accuracy = next((f for f in ("eval_accuracy", "eval_reward_accuracy") if _numbers(rows, f)[0]), None)
     if not xs and not ex:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(6, 3.5)
     if xs:
         ax.plot(xs, ys, lw=1, label="train loss")
     if ex:
@@ -100,11 +91,7 @@ def plot_training(stage: str, rows: list[dict], out: Path) -> Path | None:
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, fontsize=8, loc="best")
-    fig.tight_layout()
-    path = out / f"loss_{stage}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / f"loss_{stage}.png")
 
 
 def plot_best_of_n(data: Any, out: Path) -> Path | None:
@@ -112,8 +99,7 @@ def plot_best_of_n(data: Any, out: Path) -> Path | None:
     points = best_of_n_points(data)
     if not points:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(5, 3.5)
     ns = [n for n, _ in points]
     ax.plot(ns, [v for _, v in points], "o-")
     ax.set_xscale("log", base=2)
@@ -121,11 +107,7 @@ def plot_best_of_n(data: Any, out: Path) -> Path | None:
     ax.set_xlabel("N (samples per prompt)")
     ax.set_ylabel("mean RM score of the best")
     ax.set_title("best-of-N")
-    fig.tight_layout()
-    path = out / "best_of_n.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "best_of_n.png")
 
 
 def best_of_n_points(data: Any) -> list[tuple[int, float]]:
@@ -177,9 +159,8 @@ def plot_rewards(rewards: dict[str, dict[str, Any]], out: Path) -> Path | None:
     """Distributions where eval kept every answer's score, else the means."""
     if not rewards:
         return None
-    plt = _plt()
     names = ordered_models(rewards)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(6, 3.5)
     if all(held_out_scores(rewards[m]) for m in names):
         ax.boxplot([held_out_scores(rewards[m]) for m in names], showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), names)
@@ -188,27 +169,18 @@ def plot_rewards(rewards: dict[str, dict[str, Any]], out: Path) -> Path | None:
         ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("RM score")
     ax.set_title("reward of each model's answers to held-out prompts")
-    fig.tight_layout()
-    path = out / "rewards.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "rewards.png")
 
 
 def plot_timings(timings: dict[str, float], out: Path) -> Path | None:
     if not timings:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = new_figure(6, 3)
     names = list(timings)
     ax.barh(names[::-1], [timings[n] / 60 for n in names[::-1]])
     ax.set_xlabel("minutes")
     ax.set_title("time per stage")
-    fig.tight_layout()
-    path = out / "timings.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "timings.png")
 
 
 def stage_timings(record: RunRecord, store) -> dict[str, tuple[float, str]]:

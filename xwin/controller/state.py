@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from xwin.atomic_files import write_bytes_atomically
 from xwin.config_base import UserError
 
 StageStatus = Literal[
@@ -121,11 +122,7 @@ class RunStore:
         record.updated_at = utc_now()
         data = record.model_dump_json(indent=2).encode()
         self.store.put_record(f"{RECORD_PREFIX}/{record.run_id}", data)
-        local = self.run_dir(record.run_id) / "state.json"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".state.json.{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, local)
+        write_bytes_atomically(self.run_dir(record.run_id) / "state.json", data)
 
     def load(self, run_id: str) -> RunRecord:
         if not _RUN_ID.match(run_id):

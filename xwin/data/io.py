@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from xwin.atomic_files import atomic_file
 from xwin.config_base import UserError
 from xwin.data.schemas import KINDS, Record
 
@@ -102,37 +102,12 @@ def record_line(record: Record | Mapping[str, Any]) -> str:
 def write_records(path: str | Path, records: Iterable[Record | Mapping[str, Any]]) -> int:
     """Write records as JSONL atomically; returns the count. The previous file (if any) stays
     intact until the new one is complete, also when `records` raises midway."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are mode 0600 whatever the umask, and a dataset must be
-    # readable by whoever reads the artifact (another container user, say).
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     count = 0
-    try:
-        with open(tmp_name, "x", encoding="utf-8") as f:
-            for record in records:
-                f.write(record_line(record))
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path) as f:
+        for record in records:
+            f.write(record_line(record))
+            count += 1
     return count
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _complete_length(path: Path) -> int:
@@ -187,7 +162,7 @@ class ChunkedJsonlWriter:
                     f.truncate(complete)
                     f.flush()
                     os.fsync(f.fileno())
-        self._file = open(self.path, "ab")
+        self._file = open(self.path, "ab")  # noqa: SIM115 (closed by close() / __exit__)
 
     def append(self, records: Iterable[Record | Mapping[str, Any]]) -> int:
         """Write one chunk durably; returns how many records it held."""

@@ -4,6 +4,7 @@ answers are remembered. Shared by the `eval` and `annotate` stages."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -17,7 +18,9 @@ class LocalServerConfig(StrictModel):
 
     port: int | None = Field(None, description="fixed port; default: a free port on 127.0.0.1")
     startup_timeout_s: float = Field(900.0, gt=0, description="wait this long for /v1/models")
-    dtype: str = Field("bfloat16", description="--dtype of the served model")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="--dtype of the served model; auto is decided by xwin for this "
+        "machine (bfloat16 where native, else float16 on a GPU, float32 on a CPU)")
     max_model_len: int = Field(4096, ge=256, description="--max-model-len (prompt + verdict)")
     enforce_eager: bool = Field(True, description="--enforce-eager (needed on CPU)")
     kv_cache_gib: float | None = Field(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from xwin.plots import new_figure, save_figure
+
 
 def _num(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
@@ -80,16 +82,12 @@ def markdown(results: dict) -> str:
 
 def plot_mtbench(single: dict[str, dict], path: Path) -> None:
     """Grouped bars: per category (and overall) the mean rating of each model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     models = list(single)
     groups = ["overall", *sorted({c for s in single.values() for c in s["categories"]})]
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups) + 2), 4))
+    fig, ax = new_figure(max(6, 1.1 * len(groups) + 2), 4)
     for i, m in enumerate(models):
         values = [single[m]["score"], *[single[m]["categories"].get(g, math.nan) for g in groups[1:]]]
         ax.bar(np.arange(len(groups)) + i * width, np.nan_to_num(values, nan=0.0), width, label=m)
@@ -98,17 +96,11 @@ def plot_mtbench(single: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("mean judge rating (1-10)")
     ax.set_title("MT-bench, single-answer grading")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_win_rates(rows: list[tuple[str, dict]], path: Path, confidence: float = 0.95) -> None:
     """Horizontal bars of win rates with their confidence intervals (and LC where known)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     labels = [label for label, _ in rows]
     rates = [100 * (r["win_rate"] if not math.isnan(r["win_rate"]) else 0.0) for _, r in rows]
@@ -116,7 +108,7 @@ def plot_win_rates(rows: list[tuple[str, dict]], path: Path, confidence: float =
            for rate, (_, r) in zip(rates, rows)]
     high = [max(0.0, 100 * r["ci_high"] - rate) if not math.isnan(r["ci_high"]) else 0.0
             for rate, (_, r) in zip(rates, rows)]
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(rows) + 1.5))
+    fig, ax = new_figure(7, 0.6 * len(rows) + 1.5)
     y = list(range(len(rows)))
     ax.barh(y, rates, xerr=[low, high], capsize=4, color="tab:blue", label="win rate")
     lc = [(i, 100 * r["lc_win_rate"]) for i, (_, r) in enumerate(rows)
@@ -129,6 +121,4 @@ def plot_win_rates(rows: list[tuple[str, dict]], path: Path, confidence: float =
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"win rate, % ({confidence:.0%} CI)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

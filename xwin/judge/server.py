@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 from typing_extensions import Self
 
+from xwin.hardware import resolve_dtype
 from xwin.judge.config import LocalServerConfig
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def vllm_server_command(model_path: Path, served_name: str, port: int, cfg: Loca
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(model_path), "--served-model-name", served_name,
            "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", cfg.dtype, "--max-model-len", str(cfg.max_model_len),
+           "--dtype", resolve_dtype(cfg.dtype), "--max-model-len", str(cfg.max_model_len),
            "--seed", str(cfg.seed), "--disable-log-stats", "--uvicorn-log-level", "warning"]
     if cfg.enforce_eager:
         cmd.append("--enforce-eager")

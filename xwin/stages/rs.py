@@ -12,9 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from xwin.stages.base import StageContext
-from xwin.stages.sft import finetune
 from xwin.train.config import TrainConfig
-from xwin.train.runtime import run_distributed
 
 INPUTS: tuple[str, ...] = ("model", "train")
 
@@ -31,4 +29,8 @@ class RsConfig(TrainConfig):
 
 
 def run(config: RsConfig, ctx: StageContext) -> dict[str, float]:
+    # imported here: the controller reads this module's config without torch
+    from xwin.train.runtime import run_distributed
+    from xwin.train.sft import finetune
+
     return run_distributed(ctx, lambda plan, device: finetune(config, ctx, plan, device))

@@ -25,7 +25,6 @@ from xwin.config_base import UserError, digest
 from xwin.data.io import ChunkedJsonlWriter, read_complete_records, read_records, write_records
 from xwin.data.schemas import MultiwiseRecord, Prompt, Response
 from xwin.data.templating import tokenize_prompt
-from xwin.models.loading import load_tokenizer
 from xwin.sampling import EngineOptions, GenerationParams, open_engine, sample_distinct
 from xwin.sampling.distinct import DistinctSamples
 from xwin.sampling.engine import context_limit
@@ -134,6 +133,8 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
     log.info("shard %d/%d: %d prompts, %d already done", ctx.shard_index, ctx.shard_count,
              len(mine), resumed)
     # Tokenize before loading the model: a shard with nothing left to do never starts an engine.
+    from xwin.models.loading import load_tokenizer  # torch: not imported by the controller
+
     tokenizer = load_tokenizer(model_dir)
     limit = context_limit(model_dir, config)
     prompt_ids = {p.id: tokenize_prompt(tokenizer, p.messages) for p in mine if p.id not in done}

@@ -17,12 +17,9 @@ from typing import Literal
 from pydantic import Field
 
 from xwin.config_base import StrictModel, UserError
-from xwin.data.dataset import pad_token_id
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import MultiwiseRecord
 from xwin.data.templating import tokenize_prompt_and_reply
-from xwin.models.loading import load_tokenizer
-from xwin.sampling.rewards import score_sequences
 from xwin.selection import summary
 from xwin.stages.base import StageContext
 
@@ -61,7 +58,11 @@ def read_parts(parts: list[Path]) -> list[MultiwiseRecord]:
 
 
 def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
+    # torch: imported by the stage process, never by the controller that reads ScoreConfig
+    from xwin.data.dataset import pad_token_id
+    from xwin.models.loading import load_tokenizer
     from xwin.models.reward import load_reward_model
+    from xwin.sampling.rewards import score_sequences
 
     model_dir = ctx.input("reward_model")
     records = read_parts(ctx.input_parts("samples"))

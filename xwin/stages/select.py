@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from xwin.config_base import StrictModel, UserError
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import Conversation, Message, MultiwiseRecord, PreferencePair
+from xwin.plots import new_figure, save_figure
 from xwin.selection import (
     Strategy,
     best_of_n_curve,
@@ -145,12 +146,9 @@ def select(records: list[MultiwiseRecord], config: SelectConfig) -> tuple[list, 
 
 
 def plot_rewards(records: list[MultiwiseRecord], path: Path) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
     all_scores = [r.score for rec in records for r in rec.responses]
     best = [max(r.score for r in rec.responses) for rec in records if rec.responses]
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(7, 4)
     bins = min(60, max(10, len(all_scores) // 10))
     ax.hist(all_scores, bins=bins, alpha=0.6, label=f"all responses ({len(all_scores)})")
     ax.hist(best, bins=bins, alpha=0.6, label=f"best per context ({len(best)})")
@@ -158,15 +156,11 @@ def plot_rewards(records: list[MultiwiseRecord], path: Path) -> None:
     ax.set_ylabel("responses")
     ax.set_title("Reward distribution")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_best_of_n(curve: list[dict], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(6, 4)
     ns = [p["n"] for p in curve]
     ax.plot(ns, [p["expected_max"] for p in curve], marker="o")
     ax.set_xscale("log", base=2)
@@ -175,8 +169,7 @@ def plot_best_of_n(curve: list[dict], path: Path) -> None:
     ax.set_ylabel("expected best reward")
     ax.set_title("Best-of-N (exact expectation over N-subsets)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path, dpi=100)
 
 
 def flat_metrics(stats: dict, curve: list[dict]) -> dict[str, float]:

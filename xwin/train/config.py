@@ -53,7 +53,8 @@ class TrainConfig(StrictModel):
     offload_optimizer: bool = Field(False, description="keep optimizer states in CPU memory")
     offload_params: bool = Field(False, description="ZeRO-3: keep weights in CPU memory")
     bf16: bool | Literal["auto"] = Field(
-        "auto", description="bfloat16 weights/activations; auto = on GPUs that support it"
+        "auto", description="bfloat16 weights/activations; auto = where the GPU or CPU runs it "
+        "natively (emulated bf16 on a CPU without AVX512_BF16/AMX is many times slower than fp32)"
     )
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in backward: much less memory, ~30% slower"

@@ -9,13 +9,14 @@ from collections.abc import Iterator
 
 import torch
 
+from xwin.hardware import bf16_is_fast
 from xwin.train.config import TrainConfig
 from xwin.train.launch import ProcessPlan
 
 
 def use_bf16(config: TrainConfig) -> bool:
     if config.bf16 == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return bf16_is_fast()
     return bool(config.bf16)
 
 

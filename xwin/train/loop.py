@@ -103,7 +103,8 @@ class Window:
     def read(self) -> tuple[dict[str, float], int, float]:
         """(mean metrics over every rank's micro-batches, tokens of all ranks, seconds)."""
         keys = sorted(self.sums)
-        packed = torch.stack([self.sums[k] for k in keys] + [torch.tensor(float(self.micro_batches), device=self.device), self.tokens.float()])
+        micro_batches = torch.tensor(float(self.micro_batches), device=self.device)
+        packed = torch.stack([self.sums[k] for k in keys] + [micro_batches, self.tokens.float()])
         packed = all_reduce_sum(packed).tolist()
         count = packed[-2]
         return {k: v / count for k, v in zip(keys, packed)}, int(packed[-1]), time.perf_counter() - self.started

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 
-def run_distributed(ctx: StageContext, body: Callable[[ProcessPlan, torch.device], dict[str, float]]) -> dict[str, float]:
+def run_distributed(ctx: StageContext,
+                    body: Callable[[ProcessPlan, torch.device], dict[str, float]]) -> dict[str, float]:
     """Run `body(plan, device)` as one worker of the job; or, on a node that must start several
     workers, start them (each re-runs this stage) and return the committed output's metrics."""
     plan = plan_processes()
@@ -60,6 +61,21 @@ def metrics_path(ctx: StageContext) -> Path:
 def read_input_records(ctx: StageContext, name: str, kind: str) -> list:
     """Every validated record of input `name`, over all of its shards."""
     return [record for part in ctx.input_parts(name) for record in read_records(part, kind)]
+
+
+def read_training_pairs(ctx: StageContext, tokenizer: Any, config: Any, *, progress: bool):
+    """The RM and DPO stages' data: input 'train' tokenized as pairs and split into train/eval
+    indices. Fewer than two usable pairs is a UserError that says why pairs were dropped."""
+    from xwin.config_base import UserError
+    from xwin.train.data import split_train_eval
+    from xwin.train.pairs import tokenize_pairs
+
+    records = read_input_records(ctx, "train", "pairs")
+    pairs, report = tokenize_pairs(records, tokenizer, config.max_length, progress=progress)
+    if len(pairs) < 2:
+        raise UserError(f"stage {ctx.spec.stage}: {len(pairs)} usable pairs in input 'train' ({report})")
+    train_ids, eval_ids = split_train_eval(len(pairs), config.eval_fraction, config.seed)
+    return pairs, report, train_ids, eval_ids
 
 
 def input_fingerprint(ctx: StageContext, name: str) -> str:

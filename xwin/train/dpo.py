@@ -1,0 +1,175 @@
+"""The DPO trainer (stage `dpo`): policy against reference log-probs, precomputed once or from a
+frozen copy run beside the policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from xwin.config_base import digest
+from xwin.data.dataset import pad_token_id
+from xwin.models.loading import load_causal_lm, load_tokenizer
+from xwin.stages.base import StageContext
+from xwin.stages.dpo import DpoConfig
+from xwin.train.data import eval_rank_batches
+from xwin.train.engine import build_frozen_engine, load_dtype, sharded_model_init
+from xwin.train.launch import ProcessPlan
+from xwin.train.loop import TrainTask, to_device, train
+from xwin.train.losses import dpo_loss, reply_labels, token_logps
+from xwin.train.pairs import PairCollator, PairExample
+from xwin.train.runtime import (
+    checkpoints_for,
+    export_causal_lm,
+    finish,
+    flat_metrics,
+    input_fingerprint,
+    metrics_path,
+    read_training_pairs,
+)
+
+log = logging.getLogger(__name__)
+
+
+def reply_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of each reply [2n] and its token count [2n]."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps, counted = token_logps(logits, reply_labels(batch["input_ids"], batch["reply_mask"]))
+    return logps.sum(-1), counted.sum(-1)
+
+
+@torch.no_grad()
+def compute_reference_logps(model, pairs: list[PairExample], collate, micro_batch_size: int,
+                            plan: ProcessPlan, device) -> torch.Tensor:
+    """[pairs, 2] summed reply log-probs (chosen, rejected); each rank does its share."""
+    model.eval()
+    local = []
+    for slots in eval_rank_batches(len(pairs), micro_batch_size, plan.world_size, plan.rank):
+        real = [pairs[i] for i in slots if i >= 0]
+        sums, _ = reply_logps(model, to_device(collate(real or pairs[:1]), device))
+        n = len(real or pairs[:1])
+        local += [(p.index, c, r) for p, c, r in zip(real, sums[:n].tolist(), sums[n:].tolist())]
+    everything: list = [None] * plan.world_size
+    dist.all_gather_object(everything, local)
+    model.train()
+    table = torch.full((len(pairs), 2), float("nan"))
+    for index, chosen, rejected in (x for part in everything for x in part):
+        table[index] = torch.tensor([chosen, rejected])
+    return table
+
+
+class PrecomputedReference:
+    """Reference log-probs computed once by the starting model, cached in the workdir."""
+
+    def __init__(self, cache_file, pairs, collate, micro_batch_size, plan, device):
+        self.cache_file, self.pairs, self.collate = cache_file, pairs, collate
+        self.micro_batch_size, self.plan, self.device = micro_batch_size, plan, device
+        self.table: torch.Tensor | None = None
+
+    def prepare(self, engine) -> None:
+        """Runs before resuming: the engine still holds the starting (= reference) weights."""
+        have = torch.tensor(float(self.cache_file.exists()), device=self.device)
+        dist.all_reduce(have, op=dist.ReduceOp.MIN)  # every rank must take the same path
+        if have.item() == 1:
+            self.table = torch.load(self.cache_file)
+            log.info("reference log-probs from cache %s", self.cache_file)
+            return
+        self.table = compute_reference_logps(engine, self.pairs, self.collate, self.micro_batch_size,
+                                             self.plan, self.device)
+        if self.plan.is_node_leader:
+            tmp = self.cache_file.with_suffix(f".tmp{os.getpid()}")
+            torch.save(self.table, tmp)
+            os.replace(tmp, self.cache_file)
+
+    def __call__(self, batch) -> torch.Tensor:
+        index = batch["pair_index"].cpu()
+        return torch.cat([self.table[index, 0], self.table[index, 1]]).to(batch["input_ids"].device)
+
+
+def make_dpo_step(config: DpoConfig, reference):
+    """reference(batch) -> summed reference log-probs [2n] of the batch's replies."""
+
+    def dpo_step(engine, batch):
+        sums, counts = reply_logps(engine, batch)
+        ref = reference(batch)
+        if config.loss_type == "ipo":  # IPO works on per-token averages
+            sums, ref = sums / counts.clamp(min=1), ref / counts.clamp(min=1)
+        n = batch["pair_index"].shape[0]
+        loss, chosen, rejected = dpo_loss(sums[:n], sums[n:], ref[:n], ref[n:], config.beta,
+                                          config.label_smoothing, config.loss_type)
+        return loss, {
+            "reward_accuracy": (chosen > rejected).float().mean(),
+            "reward_margin": (chosen - rejected).mean(),
+            "reward_chosen": chosen.mean(),
+            "reward_rejected": rejected.mean(),
+            "logps_chosen": sums[:n].detach().mean(),
+            "logps_rejected": sums[n:].detach().mean(),
+        }
+
+    return dpo_step
+
+
+def online_reference(model_dir, config: DpoConfig, plan: ProcessPlan, device):
+    with sharded_model_init(config, plan):
+        frozen = load_causal_lm(model_dir, load_dtype(config))
+    frozen = build_frozen_engine(frozen, config, plan, device)
+
+    @torch.no_grad()
+    def reference(batch):
+        return reply_logps(frozen, batch)[0]
+
+    return reference
+
+
+def train_dpo(config: DpoConfig, ctx: StageContext, plan: ProcessPlan, device) -> dict[str, float]:
+    model_dir = ctx.input("model")
+    tokenizer = load_tokenizer(model_dir)
+    pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=plan.is_main)
+    collate = PairCollator(pad_token_id(tokenizer))
+    with sharded_model_init(config, plan):
+        model = load_causal_lm(model_dir, load_dtype(config))
+    model.config.use_cache = False
+
+    precomputed = None
+    if config.reference == "precompute":
+        key = digest({"model": input_fingerprint(ctx, "model"), "data": input_fingerprint(ctx, "train"),
+                      "max_length": config.max_length, "dtype": load_dtype(config)})
+        precomputed = PrecomputedReference(ctx.workdir / f"reference-logps-{key}.pt", pairs, collate,
+                                           config.micro_batch_size, plan, device)
+        reference = precomputed
+    else:
+        reference = online_reference(model_dir, config, plan, device)
+
+    task = TrainTask(
+        name="dpo",
+        model=model,
+        train_examples=[pairs[i] for i in train_ids],
+        eval_examples=[pairs[i] for i in eval_ids],
+        lengths=[len(pairs[i]) for i in train_ids],
+        collate=collate,
+        loss_fn=make_dpo_step(config, reference),
+    )
+    checkpoints = checkpoints_for(ctx, plan)
+    result = train(task, config, plan, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints,
+                   prepare=precomputed.prepare if precomputed else None)
+    write_model = export_causal_lm(result, config.zero_stage, plan, tokenizer)
+    extra = {"reference_online": float(config.reference == "online")}
+    if precomputed is not None:
+        table = precomputed.table
+        extra.update(reference_chosen_logps_mean=table[:, 0].mean().item(),
+                     reference_rejected_logps_mean=table[:, 1].mean().item())
+
+    def write(folder):
+        write_model(folder)
+        if precomputed is not None:
+            (folder / "reference_logps.json").write_text(json.dumps(
+                {"pair_index_is": "position among usable pairs of input 'train'",
+                 "chosen": table[:, 0].tolist(), "rejected": table[:, 1].tolist()}))
+
+    metrics = flat_metrics(**{"": {**result.metrics, **extra}}, data=report,
+                           split={"train": len(train_ids), "eval": len(eval_ids)})
+    metrics["world_size"] = plan.world_size
+    return finish(ctx, plan, checkpoints, write, metrics)

@@ -1,0 +1,117 @@
+"""The reward-model trainer (stage `rm`): Bradley-Terry loss on both replies of a pair in one
+forward pass, then held-out pairwise accuracy and reward statistics."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from xwin.data.dataset import pad_token_id
+from xwin.models.loading import load_tokenizer
+from xwin.models.reward import RewardModel
+from xwin.stages.base import StageContext
+from xwin.stages.rm import RmConfig
+from xwin.train.checkpoint import gathered_state_dict
+from xwin.train.data import eval_rank_batches
+from xwin.train.engine import load_dtype, sharded_model_init
+from xwin.train.launch import ProcessPlan
+from xwin.train.loop import TrainTask, to_device, train
+from xwin.train.losses import bradley_terry_loss
+from xwin.train.pairs import PairCollator, PairExample
+from xwin.train.runtime import (
+    checkpoints_for,
+    finish,
+    flat_metrics,
+    metrics_path,
+    read_training_pairs,
+)
+
+
+def rewards_of(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    rewards = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    n = batch["pair_index"].shape[0]
+    return rewards[:n], rewards[n:]
+
+
+def make_rm_step(use_score_margin: bool):
+    def rm_step(engine, batch):
+        chosen, rejected = rewards_of(engine, batch)
+        margin = torch.nan_to_num(batch["score_margin"], nan=0.0) if use_score_margin else None
+        loss, accuracy = bradley_terry_loss(chosen, rejected, margin)
+        return loss, {
+            "accuracy": accuracy,
+            "reward_chosen": chosen.mean(),
+            "reward_rejected": rejected.mean(),
+            "reward_margin": (chosen - rejected).mean(),
+        }
+
+    return rm_step
+
+
+@torch.no_grad()
+def held_out_rewards(engine, pairs: list[PairExample], collate, micro_batch_size: int, plan: ProcessPlan,
+                     device) -> list[tuple[float, float]]:
+    """(chosen, rejected) reward of every held-out pair, gathered from all ranks."""
+    engine.eval()
+    local: list[tuple[int, float, float]] = []
+    for slots in eval_rank_batches(len(pairs), micro_batch_size, plan.world_size, plan.rank):
+        real = [pairs[i] for i in slots if i >= 0]
+        chosen, rejected = rewards_of(engine, to_device(collate(real or pairs[:1]), device))
+        local += [(p.index, c, r) for p, c, r in zip(real, chosen.tolist(), rejected.tolist())]
+    everything: list = [None] * plan.world_size
+    dist.all_gather_object(everything, local)
+    engine.train()
+    return [(c, r) for _, c, r in sorted(x for part in everything for x in part)]
+
+
+def reward_statistics(rewards: list[tuple[float, float]]) -> dict[str, float]:
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        mean = sum(values) / len(values)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+    chosen = [c for c, _ in rewards]
+    rejected = [r for _, r in rewards]
+    stats = {"eval_accuracy": sum(c > r for c, r in rewards) / len(rewards), "eval_pairs": len(rewards)}
+    for name, values in (("reward", chosen + rejected), ("chosen_reward", chosen), ("rejected_reward", rejected),
+                         ("reward_margin", [c - r for c, r in rewards])):
+        stats[f"eval_{name}_mean"], stats[f"eval_{name}_std"] = mean_std(values)
+    return stats
+
+
+def train_reward_model(config: RmConfig, ctx: StageContext, plan: ProcessPlan, device) -> dict[str, float]:
+    model_dir = ctx.input("model")
+    tokenizer = load_tokenizer(model_dir)
+    pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=plan.is_main)
+    torch.manual_seed(config.seed)  # the value head's init, identical on every rank
+    with sharded_model_init(config, plan):
+        model = RewardModel.from_language_model(model_dir, load_dtype(config))
+    model.config.use_cache = False
+    collate = PairCollator(pad_token_id(tokenizer))
+    eval_pairs = [pairs[i] for i in eval_ids]
+    task = TrainTask(
+        name="rm",
+        model=model,
+        train_examples=[pairs[i] for i in train_ids],
+        eval_examples=eval_pairs,
+        lengths=[len(pairs[i]) for i in train_ids],
+        collate=collate,
+        loss_fn=make_rm_step(config.use_score_margin),
+    )
+    checkpoints = checkpoints_for(ctx, plan)
+    result = train(task, config, plan, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
+    stats = {}
+    if eval_pairs:
+        stats = reward_statistics(held_out_rewards(result.engine, eval_pairs, collate, config.micro_batch_size,
+                                                   plan, device))
+    state = gathered_state_dict(result.engine.module, config.zero_stage, plan.is_main)
+
+    def write(folder):
+        info = {"max_length": config.max_length, **{k: v for k, v in stats.items() if k.startswith("eval_reward_")}}
+        result.engine.module.save(folder, tokenizer, state_dict=state, info=info)
+
+    metrics = flat_metrics(**{"": {**result.metrics, **stats}}, data=report,
+                           split={"train": len(train_ids), "eval": len(eval_ids)})
+    metrics["world_size"] = plan.world_size
+    return finish(ctx, plan, checkpoints, write, metrics)

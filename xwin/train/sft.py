@@ -1,0 +1,75 @@
+"""The SFT trainer (stages `sft` and `rs`): token cross-entropy on assistant tokens through the
+shared loop. The stage modules hold the configs; this module is imported by the stage process
+only, so the controller never needs torch."""
+
+from __future__ import annotations
+
+import torch
+
+from xwin.config_base import UserError
+from xwin.data.dataset import SftCollator, build_sft_dataset, pad_token_id
+from xwin.models.loading import load_causal_lm, load_tokenizer
+from xwin.stages.base import StageContext
+from xwin.train.config import TrainConfig
+from xwin.train.data import PackedSftCollator, split_train_eval
+from xwin.train.engine import load_dtype, sharded_model_init
+from xwin.train.launch import ProcessPlan
+from xwin.train.loop import TrainTask, train
+from xwin.train.losses import sft_loss
+from xwin.train.runtime import (
+    checkpoints_for,
+    export_causal_lm,
+    finish,
+    flat_metrics,
+    metrics_path,
+    read_input_records,
+)
+
+
+def sft_step(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Token cross-entropy over assistant tokens. Packed rows pass position ids (no mask), which
+    transformers turns into attention that stays inside each conversation."""
+    inputs = {"input_ids": batch["input_ids"], "use_cache": False}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+    else:
+        inputs["attention_mask"] = batch["attention_mask"]
+    logits = engine(**inputs).logits
+    return sft_loss(logits, batch["labels"]), {}
+
+
+def finetune(config: TrainConfig, ctx: StageContext, plan: ProcessPlan, device: torch.device) -> dict[str, float]:
+    """The whole sft/rs run on one worker."""
+    name = ctx.spec.stage
+    model_dir = ctx.input("model")
+    tokenizer = load_tokenizer(model_dir)
+    records = read_input_records(ctx, "train", "conversations")
+    samples, report = build_sft_dataset(records, tokenizer, config.max_length, progress=plan.is_main)
+    if not samples:
+        raise UserError(f"stage {name}: no usable conversation in input 'train' ({report.as_dict()})")
+    train_ids, eval_ids = split_train_eval(len(samples), config.eval_fraction, config.seed)
+    torch.manual_seed(config.seed)
+    with sharded_model_init(config, plan):
+        model = load_causal_lm(model_dir, load_dtype(config))
+    model.config.use_cache = False
+    pad = pad_token_id(tokenizer)
+    task = TrainTask(
+        name=name,
+        model=model,
+        train_examples=[samples[i] for i in train_ids],
+        eval_examples=[samples[i] for i in eval_ids],
+        lengths=[len(samples[i]) for i in train_ids],
+        collate=SftCollator(pad),
+        collate_rows=PackedSftCollator(pad),
+        loss_fn=sft_step,
+    )
+    checkpoints = checkpoints_for(ctx, plan)
+    result = train(task, config, plan, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
+    write = export_causal_lm(result, config.zero_stage, plan, tokenizer)
+    metrics = flat_metrics(
+        **{"": result.metrics},
+        data=report.as_dict(),
+        split={"train": len(train_ids), "eval": len(eval_ids)},
+    )
+    metrics["world_size"] = plan.world_size
+    return finish(ctx, plan, checkpoints, write, metrics)
