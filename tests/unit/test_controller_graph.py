@@ -193,6 +193,20 @@ def test_annotate_joins_when_wired_in_and_moves_before_what_reads_it(store):
     assert plan.stages["rm"].inputs["train"] == f"{plan.stages['annotate'].key}#pairs.jsonl"
 
 
+def test_from_and_until_follow_the_wiring(store, tmp_path):
+    wired = "run.inputs={rm.train: annotate#pairs.jsonl}"
+    # rm now reads annotate's pairs, so --until rm needs sample and annotate (later in the order)
+    until_rm = plan_of(store, wired, "run.until=rm")
+    assert [s.name for s in until_rm.to_run()] == ["prepare", "sft", "sample", "annotate", "rm"]
+    # without the wiring the order alone decides, as before
+    assert [s.name for s in plan_of(store, "run.until=rm").to_run()] == ["prepare", "sft", "rm"]
+    # and --from sample reaches rm through annotate (earlier in the order)
+    for name in ("prepare", "sft"):
+        commit(store, until_rm.stages[name].key, tmp_path)
+    from_sample = plan_of(store, wired, "run.start_from=sample", "run.until=rm")
+    assert sorted(s.name for s in from_sample.to_run()) == ["annotate", "rm", "sample"]
+
+
 def test_a_wiring_cycle_is_reported(store):
     with pytest.raises(ConfigError, match="cycle"):
         plan_of(store, "run.inputs={sft.model: dpo}")

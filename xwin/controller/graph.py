@@ -183,9 +183,24 @@ def stage_order(selected: set[str], edges: dict[str, dict[str, str]]) -> list[st
     return order
 
 
+def reachable(start: str, edges: dict[str, dict[str, str]], *, upstream: bool) -> set[str]:
+    """Every stage `start` reads from, transitively (upstream), or that reads from it."""
+    reads = {stage: {split_source(src)[0] for src in ins.values()} & set(edges) for stage, ins in edges.items()}
+    found: set[str] = set()
+    frontier = {start}
+    while frontier:
+        stage = frontier.pop()
+        step = reads[stage] if upstream else {s for s, sources in reads.items() if stage in sources}
+        frontier |= step - found
+        found |= step
+    return found - {start}
+
+
 def window(config, edges: dict[str, dict[str, str]]) -> set[str]:
-    """The stages this run executes: `only`, else the default stages between `start_from` and
-    `until` in pipeline order (optional stages join when named or wired in)."""
+    """The stages this run executes: `only`, else the default stages from `start_from` to `until`
+    (optional stages join when named or wired in). "From" and "to" follow the pipeline order and
+    the wiring: `--until rm` with rm reading annotate's pairs includes sample and annotate, which
+    come after rm in the default order."""
     run = config.run
     for name in [*run.only, run.start_from, run.until]:
         if name is not None and name not in STAGE_NAMES:
@@ -193,12 +208,16 @@ def window(config, edges: dict[str, dict[str, str]]) -> set[str]:
     wired = {split_source(src)[0] for ins in edges.values() for src in ins.values()}
     if run.only:
         return set(run.only)
-    names = [n for n in STAGE_NAMES if n not in OPTIONAL_STAGES or n in wired]
-    lo = STAGE_NAMES.index(run.start_from) if run.start_from else 0
-    hi = STAGE_NAMES.index(run.until) if run.until else len(STAGE_NAMES) - 1
-    if lo > hi:
+    selected = {n for n in STAGE_NAMES if n not in OPTIONAL_STAGES or n in wired}
+    if run.start_from:
+        lo = STAGE_NAMES.index(run.start_from)
+        selected &= {n for n in STAGE_NAMES[lo:]} | reachable(run.start_from, edges, upstream=False)
+    if run.until:
+        hi = STAGE_NAMES.index(run.until)
+        selected &= {n for n in STAGE_NAMES[: hi + 1]} | reachable(run.until, edges, upstream=True)
+    if run.start_from and run.until and run.start_from not in selected:
         raise ConfigError(f"--from {run.start_from} comes after --until {run.until}")
-    return {n for n in names if lo <= STAGE_NAMES.index(n) <= hi}
+    return selected
 
 
 def make_plan(config, store, shards: dict[str, int] | None = None,
