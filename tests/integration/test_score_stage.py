@@ -18,6 +18,7 @@ from xwin.models.loading import load_tokenizer
 from xwin.models.reward import RewardModel, load_reward_model
 from xwin.sampling.rewards import length_sorted_batches, score_sequences
 from xwin.stages.runner import run_stage
+from xwin.stages.score import PARTIAL_FILE
 
 REPLIES = [
     "Paris.",
@@ -97,6 +98,29 @@ def test_responses_that_cannot_fit_are_dropped_and_counted(tmp_path, tiny_rm_dir
     metrics = run_stage("score", spec)
     [record] = read_records(fetch(tmp_path, "runs/test/score") / "scored.jsonl", MultiwiseRecord)
     assert len(record.responses) == 2 and metrics["responses_dropped_too_long"] == 1
+
+
+def test_a_killed_attempt_resumes_after_its_last_flushed_chunk(tmp_path, tiny_rm_dir):
+    samples = write_jsonl(tmp_path / "samples.jsonl", samples_rows())
+    spec = write_spec(tmp_path, "score", {"reward_model": str(tiny_rm_dir), "samples": str(samples)},
+                      {"dtype": "float32", "batch_size": 2, "chunk_contexts": 1})
+    first = run_stage("score", spec)
+    reference = (fetch(tmp_path, "runs/test/score") / "scored.jsonl").read_text()
+    # As a kill -9 after the first chunk leaves it: one flushed record, then a torn line.
+    partial = tmp_path / "work" / "test" / "score" / PARTIAL_FILE
+    lines = partial.read_text().splitlines(keepends=True)
+    assert len(lines) == len(PROMPTS)  # one flush per chunk of one context
+    partial.write_text(lines[0] + lines[1][:25])
+
+    again = run_stage("score", spec)
+    assert first["contexts_resumed"] == 0 and again["contexts_resumed"] == 1
+    assert (fetch(tmp_path, "runs/test/score") / "scored.jsonl").read_text() == reference
+    assert again["responses_scored"] == first["responses_scored"] == 2 + 3 + 4
+
+    # different work (another config) never resumes from this partial file
+    other = write_spec(tmp_path, "score", {"reward_model": str(tiny_rm_dir), "samples": str(samples)},
+                       {"dtype": "float32", "batch_size": 3, "chunk_contexts": 1})
+    assert run_stage("score", other)["contexts_resumed"] == 0
 
 
 def test_sharded_samples_to_sharded_scores_to_select(tmp_path, tiny_rm_dir):

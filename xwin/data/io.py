@@ -145,6 +145,20 @@ def read_complete_records(path: str | Path, kind_or_class: str | type[R]) -> Ite
                 yield parse_record(line, cls, f"{path}:{lineno}")
 
 
+def resume_partial(path: str | Path, fingerprint: str, kind_or_class: str | type[R]) -> dict[str, R]:
+    """Records (by id) that an earlier attempt of the same work flushed to `path` with
+    `ChunkedJsonlWriter`. The work is named by `fingerprint` (a digest of config, inputs and
+    shard), kept beside the file: a partial file of different work is deleted, not resumed."""
+    path = Path(path)
+    marker = path.with_name(path.name + ".fingerprint")
+    if not marker.exists() or marker.read_text() != fingerprint:
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(fingerprint)
+        return {}
+    return {record.id: record for record in read_complete_records(path, kind_or_class)}
+
+
 class ChunkedJsonlWriter:
     """Durable, resumable JSONL output: each `append` writes a whole chunk, flushes and fsyncs,
     so after a crash the file holds every acknowledged chunk plus at most one torn line.

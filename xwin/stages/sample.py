@@ -22,7 +22,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from xwin.config_base import UserError, digest
-from xwin.data.io import ChunkedJsonlWriter, read_complete_records, read_records, write_records
+from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord, Prompt, Response
 from xwin.data.templating import tokenize_prompt
 from xwin.sampling import EngineOptions, GenerationParams, open_engine, sample_distinct
@@ -36,7 +36,6 @@ INPUTS: tuple[str, ...] = ("model", "prompts")
 
 SAMPLES_FILE = "samples.jsonl"
 PARTIAL_FILE = "samples.partial.jsonl"
-FINGERPRINT_FILE = "samples.fingerprint"
 
 
 class SampleConfig(EngineOptions, GenerationParams):
@@ -85,18 +84,6 @@ def to_record(prompt: Prompt, samples: DistinctSamples, prompt_tokens: int) -> M
     return MultiwiseRecord(id=prompt.id, context=prompt.messages, responses=responses, meta=meta)
 
 
-def resume_state(ctx: StageContext, fingerprint: str) -> dict[str, MultiwiseRecord]:
-    """Records already flushed by an earlier run of this very shard (same config and inputs);
-    a partial file from a different config is discarded."""
-    partial = ctx.workdir / PARTIAL_FILE
-    marker = ctx.workdir / FINGERPRINT_FILE
-    if not marker.exists() or marker.read_text() != fingerprint:
-        partial.unlink(missing_ok=True)
-        marker.write_text(fingerprint)
-        return {}
-    return {r.id: r for r in read_complete_records(partial, MultiwiseRecord)}
-
-
 def sampling_metrics(records: list[MultiwiseRecord], n: int) -> dict[str, float]:
     """Counts over the shard's output: responses, shortfalls by reason, finish reasons, tokens."""
     responses = [r for rec in records for r in rec.responses]
@@ -128,7 +115,7 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
         "inputs": ctx.spec.inputs,
         "shard": [ctx.shard_index, ctx.shard_count],
     })
-    done = resume_state(ctx, fingerprint)
+    done = resume_partial(ctx.workdir / PARTIAL_FILE, fingerprint, MultiwiseRecord)
     resumed = sum(1 for p in mine if p.id in done)
     log.info("shard %d/%d: %d prompts, %d already done", ctx.shard_index, ctx.shard_count,
              len(mine), resumed)

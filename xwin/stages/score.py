@@ -4,6 +4,9 @@ result is Xwin-Set (a multiwise set with scores).
 Sharding: the input may come in parts (one per sample shard); they are read in shard order as
 one list, and shard i of K scores records[i::K] and commits its own part. With K equal to the
 sample stage's shard count each score shard gets about one sample shard's worth of work.
+
+Resume: scored contexts are flushed to a partial file every `chunk_contexts`; an attempt killed
+midway (preempted pod, kill -9) restarts after the last flushed chunk, as sampling does.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+from tqdm.auto import tqdm
 
-from xwin.config_base import StrictModel, UserError
-from xwin.data.io import read_records, write_records
+from xwin.config_base import StrictModel, UserError, digest
+from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord
 from xwin.data.templating import tokenize_prompt_and_reply
 from xwin.selection import summary
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 INPUTS: tuple[str, ...] = ("reward_model", "samples")
 
 SCORED_FILE = "scored.jsonl"
+PARTIAL_FILE = "scored.partial.jsonl"
 
 
 class ScoreConfig(StrictModel):
@@ -47,6 +53,9 @@ class ScoreConfig(StrictModel):
     sort_by_length: bool = Field(
         True, description="batch sequences of similar length together (less padding)"
     )
+    chunk_contexts: int = Field(
+        256, ge=1, description="contexts scored between flushes to the resumable partial file: "
+        "a killed attempt resumes after the last flushed chunk")
 
 
 def read_parts(parts: list[Path]) -> list[MultiwiseRecord]:
@@ -57,60 +66,82 @@ def read_parts(parts: list[Path]) -> list[MultiwiseRecord]:
     return records
 
 
-def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
-    # torch: imported by the stage process, never by the controller that reads ScoreConfig
+def score_records(records: list[MultiwiseRecord], model, tokenizer, config: ScoreConfig) -> list[MultiwiseRecord]:
+    """The records with every response scored; a response whose tokens cannot fit is left out,
+    and each record's meta["scoring"] counts what was dropped or cut."""
     from xwin.data.dataset import pad_token_id
-    from xwin.models.loading import load_tokenizer
-    from xwin.models.reward import load_reward_model
     from xwin.sampling.rewards import score_sequences
 
-    model_dir = ctx.input("reward_model")
-    records = read_parts(ctx.input_parts("samples"))
-    mine = records[ctx.shard_index :: ctx.shard_count]
-    tokenizer = load_tokenizer(model_dir)
-
-    # One sequence per response; responses whose tokens cannot fit are left out of the set.
     sequences: list[list[int]] = []
     owners: list[tuple[int, int]] = []  # (record, response) of each sequence
-    dropped = context_truncated = 0
-    for r_index, record in enumerate(mine):
+    counts = [{"dropped_too_long": 0, "context_truncated": 0} for _ in records]
+    for r_index, record in enumerate(records):
         for k, response in enumerate(record.responses):
-            sample = tokenize_prompt_and_reply(tokenizer, record.context, response.text,
-                                               config.max_length)
+            sample = tokenize_prompt_and_reply(tokenizer, record.context, response.text, config.max_length)
             if sample is None:
-                dropped += 1
+                counts[r_index]["dropped_too_long"] += 1
                 continue
-            context_truncated += sample.context_truncated
+            counts[r_index]["context_truncated"] += int(sample.context_truncated)
             sequences.append(sample.input_ids)
             owners.append((r_index, k))
+    scores = score_sequences(model, sequences, batch_size=config.batch_size, pad_id=pad_token_id(tokenizer),
+                             sort_by_length=config.sort_by_length, progress=False)
+    kept: dict[tuple[int, int], float] = dict(zip(owners, scores))
+    return [
+        record.model_copy(update={
+            "responses": [resp.model_copy(update={"score": kept[(r_index, k)]})
+                          for k, resp in enumerate(record.responses) if (r_index, k) in kept],
+            "meta": {**record.meta, "scoring": counts[r_index]},
+        })
+        for r_index, record in enumerate(records)
+    ]
 
-    log.info("scoring %d responses of %d contexts", len(sequences), len(mine))
-    model = load_reward_model(model_dir, config.dtype).eval()
+
+def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
+    # torch: imported by the stage process, never by the controller that reads ScoreConfig
+    from xwin.models.loading import load_tokenizer
+    from xwin.models.reward import load_reward_model
+
+    model_dir = ctx.input("reward_model")
+    mine = read_parts(ctx.input_parts("samples"))[ctx.shard_index :: ctx.shard_count]
+    if repeated := sorted(i for i, n in Counter(r.id for r in mine).items() if n > 1):
+        raise UserError(f"input 'samples': record ids must be unique; repeated: {', '.join(repeated[:10])}")
+    fingerprint = digest({"config": config.model_dump(mode="json"), "inputs": ctx.spec.inputs,
+                          "shard": [ctx.shard_index, ctx.shard_count]})
+    done = resume_partial(ctx.workdir / PARTIAL_FILE, fingerprint, MultiwiseRecord)
+    todo = [r for r in mine if r.id not in done]
+    log.info("scoring %d contexts (%d already scored by an earlier attempt)", len(todo), len(mine) - len(todo))
+
     started = time.monotonic()
-    scores = score_sequences(model, sequences, batch_size=config.batch_size,
-                             pad_id=pad_token_id(tokenizer),
-                             sort_by_length=config.sort_by_length)
+    scored_now = 0
+    if todo:
+        tokenizer = load_tokenizer(model_dir)
+        model = load_reward_model(model_dir, config.dtype).eval()
+        with ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer, \
+                tqdm(total=len(mine), initial=len(mine) - len(todo), desc="contexts scored", unit="context") as bar:
+            for begin in range(0, len(todo), config.chunk_contexts):
+                chunk = score_records(todo[begin : begin + config.chunk_contexts], model, tokenizer, config)
+                writer.append(chunk)
+                done.update((r.id, r) for r in chunk)
+                scored_now += sum(len(r.responses) for r in chunk)
+                bar.update(len(chunk))
     seconds = time.monotonic() - started
 
-    kept: dict[tuple[int, int], float] = dict(zip(owners, scores))
-    scored = []
-    for r_index, record in enumerate(mine):
-        responses = [resp.model_copy(update={"score": kept[(r_index, k)]})
-                     for k, resp in enumerate(record.responses) if (r_index, k) in kept]
-        scored.append(record.model_copy(update={"responses": responses}))
-
+    scored = [done[r.id] for r in mine]
+    scores = [resp.score for r in scored for resp in r.responses]
     out = ctx.workdir / "out"
     write_records(out / SCORED_FILE, scored)
     stats = summary(scores)
     metrics = {
         "contexts": len(scored),
+        "contexts_resumed": len(mine) - len(todo),
         "responses_scored": len(scores),
-        "responses_dropped_too_long": dropped,
-        "contexts_truncated": context_truncated,
+        "responses_dropped_too_long": sum(r.meta["scoring"]["dropped_too_long"] for r in scored),
+        "contexts_truncated": sum(r.meta["scoring"]["context_truncated"] for r in scored),
         "score_mean": stats.get("mean", 0.0),
         "score_std": stats.get("std", 0.0),
         "seconds": round(seconds, 3),
-        "sequences_per_s": round(len(scores) / seconds, 2) if seconds > 0 else 0.0,
+        "sequences_per_s": round(scored_now / seconds, 2) if scored_now and seconds > 0 else 0.0,
     }
     (out / "stats.json").write_text(json.dumps({**metrics, "scores": stats}, indent=2))
     ctx.commit(out, metrics)
