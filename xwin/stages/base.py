@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from xwin.config_base import ConfigError, StoreConfig, StrictModel, format_validation_error
+from xwin.config_base import ConfigError, StoreConfig, StrictModel, digest, format_validation_error
 
 
 class StageSpec(StrictModel):
@@ -88,6 +88,12 @@ class StageContext:
     def is_main(self) -> bool:
         """Rank 0: the one process of a distributed stage that commits the output."""
         return self.rank == 0
+
+    def work_fingerprint(self, config: StrictModel) -> str:
+        """Names this shard's work (stage config, inputs, shard): a partial file left by an
+        earlier attempt is resumed only by an attempt with the same fingerprint."""
+        return digest({"config": config.model_dump(mode="json"), "inputs": self.spec.inputs,
+                       "shard": [self.shard_index, self.shard_count]})
 
     @property
     def output_key(self) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from xwin.config_base import UserError, digest
+from xwin.config_base import UserError
 from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord, Prompt, Response
 from xwin.data.templating import tokenize_prompt
@@ -110,12 +110,7 @@ def run(config: SampleConfig, ctx: StageContext) -> dict[str, float]:
     prompts_path = ctx.input("prompts")
     prompts = load_prompts(prompts_path)
     mine = prompts[ctx.shard_index :: ctx.shard_count]
-    fingerprint = digest({
-        "config": config.model_dump(mode="json"),
-        "inputs": ctx.spec.inputs,
-        "shard": [ctx.shard_index, ctx.shard_count],
-    })
-    done = resume_partial(ctx.workdir / PARTIAL_FILE, fingerprint, MultiwiseRecord)
+    done = resume_partial(ctx.workdir / PARTIAL_FILE, ctx.work_fingerprint(config), MultiwiseRecord)
     resumed = sum(1 for p in mine if p.id in done)
     log.info("shard %d/%d: %d prompts, %d already done", ctx.shard_index, ctx.shard_count,
              len(mine), resumed)

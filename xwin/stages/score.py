@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from xwin.config_base import StrictModel, UserError, digest
+from xwin.config_base import StrictModel, UserError
 from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord
 from xwin.data.templating import tokenize_prompt_and_reply
@@ -106,9 +106,7 @@ def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
     mine = read_parts(ctx.input_parts("samples"))[ctx.shard_index :: ctx.shard_count]
     if repeated := sorted(i for i, n in Counter(r.id for r in mine).items() if n > 1):
         raise UserError(f"input 'samples': record ids must be unique; repeated: {', '.join(repeated[:10])}")
-    fingerprint = digest({"config": config.model_dump(mode="json"), "inputs": ctx.spec.inputs,
-                          "shard": [ctx.shard_index, ctx.shard_count]})
-    done = resume_partial(ctx.workdir / PARTIAL_FILE, fingerprint, MultiwiseRecord)
+    done = resume_partial(ctx.workdir / PARTIAL_FILE, ctx.work_fingerprint(config), MultiwiseRecord)
     todo = [r for r in mine if r.id not in done]
     log.info("scoring %d contexts (%d already scored by an earlier attempt)", len(todo), len(mine) - len(todo))
 
