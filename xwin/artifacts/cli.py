@@ -47,13 +47,12 @@ def put(
         _fail(f"{source}: no such file or folder")
     try:
         store = _store(config, list(set_))
-        if source.is_dir():
-            manifest = store.commit(key, source, producer="user", metadata={"source": str(source.resolve())})
-        else:  # an artifact is a folder: a lone file becomes a folder holding just it
-            with tempfile.TemporaryDirectory(prefix="xwin-put-") as staging:
+        with tempfile.TemporaryDirectory(prefix="xwin-put-") as staging:
+            folder = source
+            if not source.is_dir():  # an artifact is a folder: a lone file becomes one holding it
                 shutil.copy2(source, Path(staging) / source.name)
-                manifest = store.commit(key, Path(staging), producer="user",
-                                        metadata={"source": str(source.resolve())})
+                folder = Path(staging)
+            manifest = store.commit(key, folder, producer="user", metadata={"source": str(source.resolve())})
     except (UserError, ArtifactError) as e:
         _fail(str(e))
     typer.echo(f"{key}: {len(manifest.files)} files, {manifest.total_bytes:,} bytes, "

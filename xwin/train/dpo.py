@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import torch
 import torch.distributed as dist
 
+from xwin.atomic_files import atomic_file
 from xwin.config_base import digest
 from xwin.data.dataset import pad_token_id
 from xwin.models.loading import load_causal_lm, load_tokenizer
@@ -80,9 +80,8 @@ class PrecomputedReference:
         self.table = compute_reference_logps(engine, self.pairs, self.collate, self.micro_batch_size,
                                              self.plan, self.device)
         if self.plan.is_node_leader:
-            tmp = self.cache_file.with_suffix(f".tmp{os.getpid()}")
-            torch.save(self.table, tmp)
-            os.replace(tmp, self.cache_file)
+            with atomic_file(self.cache_file, "wb") as f:
+                torch.save(self.table, f)
 
     def __call__(self, batch) -> torch.Tensor:
         index = batch["pair_index"].cpu()
