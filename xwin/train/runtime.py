@@ -13,9 +13,11 @@ from typing import Any
 import torch
 
 from xwin.artifacts.folders import write_folder_atomically
+from xwin.config_base import UserError
 from xwin.data.io import read_records
 from xwin.stages.base import StageContext
 from xwin.train.checkpoint import Checkpoints, gathered_state_dict
+from xwin.train.data import split_train_eval
 from xwin.train.launch import (
     ProcessPlan,
     barrier,
@@ -25,6 +27,7 @@ from xwin.train.launch import (
     spawn_workers,
 )
 from xwin.train.loop import TrainResult
+from xwin.train.pairs import tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,6 @@ def read_input_records(ctx: StageContext, name: str, kind: str) -> list:
 def read_training_pairs(ctx: StageContext, tokenizer: Any, config: Any, *, progress: bool):
     """The RM and DPO stages' data: input 'train' tokenized as pairs and split into train/eval
     indices. Fewer than two usable pairs is a UserError that says why pairs were dropped."""
-    from xwin.config_base import UserError
-    from xwin.train.data import split_train_eval
-    from xwin.train.pairs import tokenize_pairs
-
     records = read_input_records(ctx, "train", "pairs")
     pairs, report = tokenize_pairs(records, tokenizer, config.max_length, progress=progress)
     if len(pairs) < 2:
