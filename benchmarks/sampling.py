@@ -180,8 +180,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from xwin.core.hardware import resolve_dtype
     from xwin.data.mtbench import load_mtbench_questions, mtbench_prompts
-    from xwin.hardware import resolve_dtype
 
     model_dir = args.model or smollm2_folder()
     prompts = mtbench_prompts(load_mtbench_questions())[: args.prompts]

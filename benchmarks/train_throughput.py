@@ -84,13 +84,13 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
     from xwin.stages.dpo import DpoConfig
     from xwin.stages.sft import SftConfig
     from xwin.train.dpo import PrecomputedReference, make_dpo_step
-    from xwin.train.launch import init_distributed, plan_processes
+    from xwin.train.launch import init_distributed, locate_process
     from xwin.train.loop import TrainTask, train
     from xwin.train.pairs import PairCollator, tokenize_pairs
     from xwin.train.sft import sft_step
 
-    plan = plan_processes({})
-    device = init_distributed(plan)
+    place = locate_process({})
+    device = init_distributed(place)
     tokenizer = load_tokenizer(model_dir)
     common = {"learning_rate": 1e-5, "max_steps": args.steps, "micro_batch_size": args.batch,
                   "gradient_accumulation_steps": 1, "max_length": args.max_length, "zero_stage": 0, "bf16": args.bf16,
@@ -108,7 +108,7 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
         examples, _ = tokenize_pairs([PreferencePair(**p) for p in pairs(args.examples)], tokenizer, args.max_length)
         collate = PairCollator(pad_token_id(tokenizer))
         reference = PrecomputedReference(workdir / f"ref-{time.time_ns()}.pt", examples, collate, args.batch,
-                                         plan, device)
+                                         place, device)
         step, prepare = make_dpo_step(config, reference), reference.prepare
 
     def timed_step(engine, batch):
@@ -118,7 +118,7 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
     model = load_causal_lm(model_dir, "bfloat16" if args.bf16 else "float32")
     model.config.use_cache = False
     task = TrainTask(kind, model, examples, [], [len(e) for e in examples], collate, timed_step)
-    train(task, config, plan, device, metrics_path=workdir / f"{kind}-metrics.jsonl", prepare=prepare)
+    train(task, config, place, device, metrics_path=workdir / f"{kind}-metrics.jsonl", prepare=prepare)
     tokens = sum(len(e) for e in examples) / len(examples)
     return clock.examples_per_s(args.batch, args.warmup), tokens
 

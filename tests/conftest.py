@@ -15,7 +15,7 @@ pytest_plugins = ["fixtures_s3"]
 # everything down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# dtype/bf16 `auto` means float32 on every CPU in tests (xwin.hardware): the same numbers on any
+# dtype/bf16 `auto` means float32 on every CPU in tests (xwin.core.hardware): the same numbers on any
 # CI machine, and no emulated bf16 (tens of times slower) on CPUs without bf16 instructions.
 os.environ.setdefault("XWIN_CPU_BF16", "0")
 

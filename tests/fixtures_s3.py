@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
 
 REGION = "us-east-1"
 _HOP_BY_HOP = {

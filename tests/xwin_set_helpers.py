@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 
 PROMPTS = [
     {"id": "capital", "messages": [{"role": "user", "content": "What is the capital of France?"}]},

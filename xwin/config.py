@@ -14,14 +14,9 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
-from xwin.config_base import (
-    ConfigError,
-    StoreConfig,
-    StrictModel,
-    format_validation_error,
-    load_yaml,
-    parse_overrides,
-)
+from xwin.artifacts.config import StoreConfig
+from xwin.core.config import StrictModel, format_validation_error, load_yaml, parse_overrides
+from xwin.core.errors import ConfigError
 from xwin.k8s.settings import KubernetesConfig
 from xwin.stages.annotate import AnnotateConfig
 from xwin.stages.dpo import DpoConfig

@@ -15,10 +15,11 @@ import boto3
 import pytest
 from fixtures_s3 import REGION, moto_checks_credentials
 
-from xwin.artifacts import ArtifactCorrupt, ArtifactNotFound, StoreUnavailable, open_store
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 from xwin.artifacts.folders import new_commit_id
 from xwin.artifacts.s3 import S3Store
-from xwin.config_base import StoreConfig
+from xwin.artifacts.store import ArtifactCorrupt, ArtifactNotFound, StoreUnavailable
 
 MB = 2**20
 

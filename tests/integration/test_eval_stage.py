@@ -10,7 +10,7 @@ import pytest
 import yaml
 from judge_test_server import ScriptedJudgeServer, merit, single_rating
 
-from xwin.config_base import ConfigError, UserError
+from xwin.core.errors import ConfigError, UserError
 from xwin.data.mtbench import load_mtbench_questions
 from xwin.judge.stats import length_controlled_win_rate, wilson_interval
 from xwin.stages.runner import run_stage
@@ -54,8 +54,8 @@ def write_spec(tmp_path, server, inputs, **config) -> Path:
 
 
 def committed(tmp_path) -> Path:
-    from xwin.artifacts import open_store
-    from xwin.config_base import StoreConfig
+    from xwin.artifacts.config import StoreConfig
+    from xwin.artifacts.factory import open_store
 
     return open_store(StoreConfig(kind="local", root=tmp_path / "store")).fetch("eval/test")
 

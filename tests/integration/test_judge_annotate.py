@@ -8,7 +8,7 @@ import pytest
 import yaml
 from judge_test_server import ScriptedJudgeServer
 
-from xwin.config_base import ConfigError
+from xwin.core.errors import ConfigError
 from xwin.data.io import read_records
 from xwin.data.schemas import PreferencePair
 from xwin.stages.runner import run_stage
@@ -50,8 +50,8 @@ def spec_for(tmp_path, server, inputs, **config):
 
 
 def output_pairs(tmp_path) -> list[PreferencePair]:
-    from xwin.artifacts import open_store
-    from xwin.config_base import StoreConfig
+    from xwin.artifacts.config import StoreConfig
+    from xwin.artifacts.factory import open_store
 
     out = open_store(StoreConfig(kind="local", root=tmp_path / "store")).fetch("annotate/test")
     return list(read_records(out / "pairs.jsonl", PreferencePair))

@@ -4,7 +4,7 @@ verdicts and injected faults; every count is taken at the server."""
 import pytest
 from judge_test_server import ScriptedJudgeServer
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.judge.cache import ResponseCache
 from xwin.judge.client import JudgeClient, JudgeUnavailable
 from xwin.judge.judging import compare_swapped, grade

@@ -12,15 +12,15 @@ import yaml
 from kube_api_server import FakeKubeAPI
 from kubernetes import client as k8s
 
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.stage_io import StageSpec
 from xwin.config import ExecutorConfig
-from xwin.config_base import StoreConfig
 from xwin.controller.executor import StageJob
 from xwin.k8s.executor import KubernetesExecutor
 from xwin.k8s.naming import job_name
 from xwin.k8s.profiles import load_profiles
 from xwin.k8s.render import render_stage
 from xwin.k8s.settings import KubernetesConfig
-from xwin.stages.base import StageSpec
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 NS = "xwin"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from judge_test_server import ScriptedJudgeServer
 from pipeline_helpers import explain, only_record, tiny_config, xwin
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 from xwin.data.io import read_records
 from xwin.data.schemas import MultiwiseRecord, PreferencePair
 

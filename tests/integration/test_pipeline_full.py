@@ -9,8 +9,8 @@ import json
 from judge_test_server import ScriptedJudgeServer
 from pipeline_helpers import explain, records, tiny_config, xwin
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 from xwin.controller.graph import OPTIONAL_STAGES
 from xwin.stages import STAGE_NAMES
 

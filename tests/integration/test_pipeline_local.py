@@ -19,9 +19,9 @@ from pipeline_helpers import (
     xwin,
 )
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
-from xwin.stages.base import part_key
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
+from xwin.artifacts.stage_io import part_key
 
 
 def test_bad_data_fails_fast_with_the_stage_error_and_no_retry(tmp_path, tiny_model_dir):

@@ -18,8 +18,8 @@ from pipeline_helpers import (
     xwin,
 )
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 from xwin.data.io import read_complete_records
 from xwin.stages.sample import PARTIAL_FILE
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from xwin_set_helpers import PROMPTS, fetch, manifest_metrics, write_jsonl, write_spec
 
+from xwin.core.errors import EXIT_USER_ERROR
 from xwin.data.io import read_records
 from xwin.data.schemas import MultiwiseRecord
 from xwin.sampling.distinct import DistinctSamples, add_distinct
-from xwin.sampling.engine import Generation
-from xwin.stages.runner import EXIT_USER_ERROR, run_stage
+from xwin.sampling.generation import Generation
 from xwin.stages.runner import main as stage_main
+from xwin.stages.runner import run_stage
 
 TINY = {"backend": "hf", "dtype": "float32", "temperature": 1.0, "max_new_tokens": 6, "seed": 3}
 
@@ -66,7 +67,7 @@ def test_add_distinct_drops_repeats_and_empty_answers():
 
 def test_generation_api_counts_budgets_and_limits(tiny_model_dir):
     """The API the eval stage uses: per-context counts, greedy repeats, the context limit."""
-    from xwin.config_base import UserError
+    from xwin.core.errors import UserError
     from xwin.sampling import EngineOptions, GenerationParams, open_engine
 
     contexts = [p["messages"] for p in PROMPTS[:2]]

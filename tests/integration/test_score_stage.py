@@ -125,8 +125,8 @@ def test_a_killed_attempt_resumes_after_its_last_flushed_chunk(tmp_path, tiny_rm
 
 def test_sharded_samples_to_sharded_scores_to_select(tmp_path, tiny_rm_dir):
     """sample parts (committed by two shards) -> score in two shards -> select reads all parts."""
-    from xwin.artifacts import open_store
-    from xwin.config_base import StoreConfig
+    from xwin.artifacts.config import StoreConfig
+    from xwin.artifacts.factory import open_store
 
     store = open_store(StoreConfig(kind="local", root=tmp_path / "store"))
     rows = samples_rows()

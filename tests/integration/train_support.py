@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
-from xwin.train.launch import free_port
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
+from xwin.core.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "rocket",

@@ -16,15 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from xwin.artifacts import (
-    ArtifactCorrupt,
-    ArtifactError,
-    ArtifactNotFound,
-    InvalidKey,
-    open_store,
-)
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 from xwin.artifacts.local import STALE_STAGING_S, LocalStore
-from xwin.config_base import StoreConfig, UserError
+from xwin.artifacts.store import ArtifactCorrupt, ArtifactError, ArtifactNotFound, InvalidKey
+from xwin.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -250,7 +246,7 @@ _COMMIT_UNDER_LIMIT = textwrap.dedent(
     import resource, signal, sys
     from pathlib import Path
     from xwin.artifacts.local import LocalStore
-    from xwin.config_base import StoreConfig
+    from xwin.artifacts.config import StoreConfig
 
     root, key, src, limit, on_limit = sys.argv[1:]
     store = LocalStore(StoreConfig(root=root))

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from xwin.selection import best_of_n_curve, best_of_n_sizes, expected_max_of_subset
+from xwin.data.selection import best_of_n_curve, best_of_n_sizes, expected_max_of_subset
 
 
 def brute_force(scores, k):

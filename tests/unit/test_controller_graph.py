@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from xwin.artifacts import open_store
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
+from xwin.artifacts.stage_io import part_key
 from xwin.config import load_config
-from xwin.config_base import ConfigError, StoreConfig
 from xwin.controller.graph import DEFAULT_EDGES, OPTIONAL_STAGES, make_plan
+from xwin.core.errors import ConfigError
 from xwin.stages import STAGE_NAMES
-from xwin.stages.base import part_key
 
 DEFAULT_STAGES = [s for s in STAGE_NAMES if s not in OPTIONAL_STAGES]
 

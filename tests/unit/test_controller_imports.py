@@ -16,9 +16,9 @@ import tempfile
 
 from typer.testing import CliRunner
 
-from xwin.artifacts import open_store
+from xwin.artifacts.factory import open_store
 from xwin.cli import app
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
 from xwin.config import load_config
 from xwin.controller.graph import make_plan
 from xwin.controller import pipeline, report  # noqa: F401  (the run loop and the report)

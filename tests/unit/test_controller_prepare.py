@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.data.sharegpt import sharegpt_group
 from xwin.stages.prepare import PairsConfig, PrepareConfig, fingerprint, split_sharegpt
 

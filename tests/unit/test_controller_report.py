@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
 from xwin.controller.report import best_of_n_points, build_report, write_report
 from xwin.controller.state import Attempt, RunRecord, RunStore, StageState
 

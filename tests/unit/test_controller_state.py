@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from xwin.artifacts import open_store
-from xwin.config_base import StoreConfig, UserError
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
+from xwin.artifacts.stage_io import StageSpec
 from xwin.controller.executor import JobProfile, StageJob
 from xwin.controller.local import job_processes, last_error
 from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, new_run_id
-from xwin.stages.base import StageSpec
+from xwin.core.errors import UserError
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.data.io import (
     ChunkedJsonlWriter,
     DataError,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from xwin import hardware
-from xwin.sampling.engine import EngineOptions
+from xwin.core import hardware
+from xwin.sampling.generation import EngineOptions
 from xwin.train.config import TrainConfig
-from xwin.train.engine import load_dtype
+from xwin.train.deepspeed_setup import load_dtype
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 EPYC_ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma sha_ni vaes\n"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.judge.alpaca import load_alpaca, reference_outputs
 from xwin.judge.config import LocalServerConfig
 from xwin.judge.server import vllm_server_command

@@ -3,7 +3,6 @@ over real HTTP), waiting for a server that is still starting."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 
@@ -12,13 +11,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from fixtures_s3 import REGION, aws_env, s3_server  # noqa: F401 (fixtures)
 
+from xwin.core.net import free_port
 from xwin.k8s.bucket import ensure_bucket, main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_creates_the_bucket_once(s3_server, aws_env, capsys):  # noqa: F811

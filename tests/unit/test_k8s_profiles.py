@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xwin.config_base import ConfigError
+from xwin.core.errors import ConfigError
 from xwin.k8s.profiles import DEFAULT_KINDS, load_profiles
 from xwin.stages import STAGE_NAMES
 

@@ -10,15 +10,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.stage_io import StageSpec
 from xwin.config import ExecutorConfig
-from xwin.config_base import ConfigError, StoreConfig
 from xwin.controller.executor import StageJob
+from xwin.core.errors import ConfigError
 from xwin.k8s.naming import job_name, run_label
 from xwin.k8s.profiles import load_profiles
 from xwin.k8s.render import SPEC_PATH, render_stage
 from xwin.k8s.settings import KubernetesConfig
 from xwin.stages import STAGE_NAMES
-from xwin.stages.base import StageSpec
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 K8S_VERSION = "1.33.0"

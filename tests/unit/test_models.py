@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.models.loading import load_causal_lm, resolve_gguf
 
 

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from xwin.selection import (
+from xwin.data.selection import (
     BELOW_MIN_MARGIN,
     BELOW_MIN_SCORE,
     NO_RESPONSES,

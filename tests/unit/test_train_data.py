@@ -8,25 +8,25 @@ import math
 import pytest
 import torch
 
-from xwin.config_base import ConfigError
+from xwin.core.errors import ConfigError
 from xwin.data.templating import IGNORE_INDEX, TokenizedSample
 from xwin.models.loading import load_causal_lm
 from xwin.train.data import (
-    BatchPlan,
+    BatchSchedule,
     PackedSftCollator,
     eval_rank_batches,
     pack_rows,
     split_train_eval,
 )
-from xwin.train.engine import lr_multiplier
-from xwin.train.launch import plan_processes
+from xwin.train.deepspeed_setup import lr_multiplier
+from xwin.train.launch import locate_process
 
 LENGTHS = [5, 40, 12, 33, 7, 64, 20, 3, 18, 50, 9, 27, 31, 14, 60, 8, 22, 45, 11, 6]
 
 
 @pytest.mark.parametrize("mode", ["length_grouped", "random", "packed"])
 def test_every_rank_gets_the_same_number_of_batches_and_no_example_twice(mode):
-    plan = BatchPlan(LENGTHS, micro_batch_size=2, world_size=2, mode=mode, max_length=64, seed=3)
+    plan = BatchSchedule(LENGTHS, micro_batch_size=2, world_size=2, mode=mode, max_length=64, seed=3)
     per_rank = [plan.rank_batches(0, r) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) > 0
     seen = [i for batches in per_rank for batch in batches for row in batch for i in row]
@@ -35,8 +35,8 @@ def test_every_rank_gets_the_same_number_of_batches_and_no_example_twice(mode):
 
 
 def test_plans_are_reproducible_per_seed_and_epoch():
-    plan = BatchPlan(LENGTHS, micro_batch_size=2, world_size=2, seed=3)
-    assert plan.rank_batches(1, 0) == BatchPlan(LENGTHS, 2, 2, seed=3).rank_batches(1, 0)
+    plan = BatchSchedule(LENGTHS, micro_batch_size=2, world_size=2, seed=3)
+    assert plan.rank_batches(1, 0) == BatchSchedule(LENGTHS, 2, 2, seed=3).rank_batches(1, 0)
     assert plan.rank_batches(0, 0) != plan.rank_batches(1, 0)
 
 
@@ -89,34 +89,34 @@ def test_lr_schedule_warms_up_then_follows_a_cosine_to_the_floor():
 
 
 def test_a_launcher_worker_keeps_the_rank_it_was_given():
-    plan = plan_processes({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+    plan = locate_process({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
                            "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"})
     assert (plan.rank, plan.world_size, plan.local_rank, plan.node_rank, plan.nnodes) == (3, 4, 1, 1, 2)
     assert not plan.spawn_workers and not plan.is_main and not plan.is_node_leader
 
 
 def test_an_indexed_job_pod_with_one_process_per_node_is_the_worker():
-    plan = plan_processes({"JOB_COMPLETION_INDEX": "2", "XWIN_NNODES": "3", "MASTER_ADDR": "xwin-sft-0.xwin",
+    plan = locate_process({"JOB_COMPLETION_INDEX": "2", "XWIN_NNODES": "3", "MASTER_ADDR": "xwin-sft-0.xwin",
                            "MASTER_PORT": "29500"})
     assert (plan.rank, plan.world_size, plan.node_rank, plan.master_addr) == (2, 3, 2, "xwin-sft-0.xwin")
     assert not plan.spawn_workers
 
 
 def test_an_indexed_job_pod_with_several_gpus_launches_its_workers():
-    plan = plan_processes({"JOB_COMPLETION_INDEX": "1", "XWIN_NNODES": "2", "XWIN_NPROC_PER_NODE": "8",
+    plan = locate_process({"JOB_COMPLETION_INDEX": "1", "XWIN_NNODES": "2", "XWIN_NPROC_PER_NODE": "8",
                            "MASTER_ADDR": "pod-0", "MASTER_PORT": "29500"})
     assert plan.spawn_workers and plan.world_size == 16 and plan.rank == 8 and plan.node_rank == 1
 
 
 def test_bad_placement_is_a_config_error():
     with pytest.raises(ConfigError, match="JOB_COMPLETION_INDEX"):
-        plan_processes({"JOB_COMPLETION_INDEX": "3", "XWIN_NNODES": "2", "MASTER_ADDR": "x"})
+        locate_process({"JOB_COMPLETION_INDEX": "3", "XWIN_NNODES": "2", "MASTER_ADDR": "x"})
     with pytest.raises(ConfigError, match="MASTER_ADDR"):
-        plan_processes({"JOB_COMPLETION_INDEX": "0", "XWIN_NNODES": "2"})
+        locate_process({"JOB_COMPLETION_INDEX": "0", "XWIN_NNODES": "2"})
     with pytest.raises(ConfigError, match="RANK"):
-        plan_processes({"RANK": "2", "WORLD_SIZE": "2"})
+        locate_process({"RANK": "2", "WORLD_SIZE": "2"})
 
 
 def test_alone_is_rank_zero_of_one():
-    plan = plan_processes({})
+    plan = locate_process({})
     assert (plan.rank, plan.world_size, plan.spawn_workers) == (0, 1, False)

@@ -1,113 +1,12 @@
 """The artifact store: folders (models, datasets, reports) made visible by one manifest written
-last. An artifact without its manifest does not exist for readers, so a crash mid-upload never
-leaves something half-written that a later stage could trust."""
+last, so a crash mid-upload never leaves something a later stage could trust.
 
-from __future__ import annotations
-
-from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, Field
-
-from xwin.config_base import StoreConfig, UserError
-
-
-class ArtifactError(RuntimeError):
-    """Base of the store's errors."""
-
-
-class ArtifactNotFound(ArtifactError):
-    """No committed artifact (no manifest) at that key."""
-
-
-class ArtifactCorrupt(ArtifactError):
-    """A downloaded file's size or sha256 differs from its manifest."""
-
-
-class StoreUnavailable(ArtifactError):
-    """The store cannot be used: missing bucket, bad credentials, unreachable endpoint."""
-
-
-class InvalidKey(ArtifactError, UserError):
-    """A key that cannot name an artifact (empty segment, leading dot, odd characters)."""
-
-
-class FileEntry(BaseModel):
-    path: str  # relative, POSIX separators
-    size: int
-    sha256: str
-
-
-class Manifest(BaseModel):
-    key: str
-    commit_id: str  # unique per commit; the files of this commit live under it
-    producer: str  # stage name (or "import", "user")
-    config_digest: str = ""
-    created_at: str  # ISO 8601 UTC
-    files: list[FileEntry]
-    metadata: dict[str, Any] = Field(default_factory=dict)  # metrics, counts, input keys
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-
-class ArtifactStore(ABC):
-    """One interface, two backends (local folder, S3)."""
-
-    @abstractmethod
-    def commit(
-        self,
-        key: str,
-        local_dir: Path,
-        *,
-        producer: str,
-        config_digest: str = "",
-        metadata: dict[str, Any] | None = None,
-    ) -> Manifest:
-        """Upload every file under local_dir, then write the manifest last (atomically).
-        Committing a key again replaces the artifact as one step for readers."""
-
-    @abstractmethod
-    def manifest(self, key: str) -> Manifest | None:
-        """The committed manifest, or None."""
-
-    def exists(self, key: str) -> bool:
-        return self.manifest(key) is not None
-
-    @abstractmethod
-    def fetch(self, key: str, dest: Path | None = None) -> Path:
-        """A local folder holding the committed files, every file checked against the manifest
-        (ArtifactCorrupt otherwise). dest=None: a cache folder chosen by the store (the local
-        backend may return the committed folder itself). Raises ArtifactNotFound."""
-
-    @abstractmethod
-    def list(self, prefix: str = "") -> list[str]:
-        """Keys of committed artifacts under prefix, sorted."""
-
-    @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the manifest first (the artifact disappears at once), then the files."""
-
-    def check(self) -> None:
-        """Fail fast with StoreUnavailable (naming the bucket or folder) if the store cannot be
-        used, before a stage spends hours on work it could not commit."""
-
-    @abstractmethod
-    def put_record(self, key: str, data: bytes) -> None:
-        """A small mutable object (run records, checkpoints' pointers), replaced atomically."""
-
-    @abstractmethod
-    def get_record(self, key: str) -> bytes | None:
-        """The record's bytes, or None if never written."""
-
-
-def open_store(config: StoreConfig) -> ArtifactStore:
-    if config.kind == "local":
-        from xwin.artifacts.local import LocalStore
-
-        return LocalStore(config)
-    from xwin.artifacts.s3 import S3Store
-
-    return S3Store(config)
+    store.py       the ArtifactStore interface, Manifest, the store's errors
+    factory.py     open_store(StoreConfig): the local or the S3 backend
+    config.py      StoreConfig, the pipeline config's `store` section
+    local.py       LocalStore: a folder on this machine
+    s3.py          S3Store (boto3 + tenacity), with s3_transfer.py and s3_errors.py
+    folders.py     hashing, atomic folder writes and transfer progress both backends share
+    stage_io.py    StageSpec and StageContext: one stage run's inputs and output in the store
+    cli.py         `xwin artifacts put | get | ls`
+"""

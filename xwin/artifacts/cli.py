@@ -20,7 +20,7 @@ SetOption = Annotated[list[str], typer.Option("--set", "-s", help="override: sto
 
 
 def _store(config: Path | None, overrides: list[str]):
-    from xwin.artifacts import open_store
+    from xwin.artifacts.factory import open_store
     from xwin.config import load_config
 
     return open_store(load_config(config, overrides).store)
@@ -40,8 +40,8 @@ def put(
 ) -> None:
     """Commit a local folder or file as artifact KEY (replacing a previous commit of KEY as one
     step for readers)."""
-    from xwin.artifacts import ArtifactError
-    from xwin.config_base import UserError
+    from xwin.artifacts.store import ArtifactError
+    from xwin.core.errors import UserError
 
     if not source.exists():
         _fail(f"{source}: no such file or folder")
@@ -67,8 +67,8 @@ def get(
     set_: SetOption = [],  # noqa: B006
 ) -> None:
     """Fetch an artifact (checked against its manifest) and print its local folder."""
-    from xwin.artifacts import ArtifactError
-    from xwin.config_base import UserError
+    from xwin.artifacts.store import ArtifactError
+    from xwin.core.errors import UserError
 
     try:
         typer.echo(str(_store(config, list(set_)).fetch(key, dest)))
@@ -83,8 +83,8 @@ def list_artifacts(
     set_: SetOption = [],  # noqa: B006
 ) -> None:
     """Committed artifacts: key, size, files, producer, commit time."""
-    from xwin.artifacts import ArtifactError
-    from xwin.config_base import UserError
+    from xwin.artifacts.store import ArtifactError
+    from xwin.core.errors import UserError
 
     try:
         store = _store(config, list(set_))

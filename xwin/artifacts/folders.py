@@ -21,7 +21,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError
 from tqdm import tqdm
 
-from xwin.artifacts import ArtifactCorrupt, ArtifactError, FileEntry, InvalidKey, Manifest
+from xwin.artifacts.store import ArtifactCorrupt, ArtifactError, FileEntry, InvalidKey, Manifest
 
 MANIFEST_NAME = "MANIFEST.json"
 COMMITS_DIR = ".commits"  # <key>/.commits/<commit_id>/<files>

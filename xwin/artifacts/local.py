@@ -23,15 +23,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from xwin.artifacts import (
-    ArtifactCorrupt,
-    ArtifactError,
-    ArtifactNotFound,
-    ArtifactStore,
-    FileEntry,
-    Manifest,
-    StoreUnavailable,
-)
+from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.folders import (
     COMMITS_DIR,
     MANIFEST_NAME,
@@ -52,8 +44,16 @@ from xwin.artifacts.folders import (
     verify_folder,
     verify_sha256_default,
 )
-from xwin.atomic_files import fsync_dir, write_bytes_atomically
-from xwin.config_base import StoreConfig
+from xwin.artifacts.store import (
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactStore,
+    FileEntry,
+    Manifest,
+    StoreUnavailable,
+)
+from xwin.core.files import fsync_dir, write_bytes_atomically
 
 log = logging.getLogger(__name__)
 

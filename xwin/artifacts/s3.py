@@ -26,14 +26,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from xwin.artifacts import (
-    ArtifactCorrupt,
-    ArtifactError,
-    ArtifactNotFound,
-    ArtifactStore,
-    Manifest,
-    StoreUnavailable,
-)
+from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.folders import (
     COMMITS_DIR,
     MANIFEST_NAME,
@@ -67,7 +60,15 @@ from xwin.artifacts.s3_transfer import (
     new_transfer_config,
     transfer_files,
 )
-from xwin.config_base import ConfigError, StoreConfig
+from xwin.artifacts.store import (
+    ArtifactCorrupt,
+    ArtifactError,
+    ArtifactNotFound,
+    ArtifactStore,
+    Manifest,
+    StoreUnavailable,
+)
+from xwin.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

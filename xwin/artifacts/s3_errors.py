@@ -32,7 +32,7 @@ from tenacity import (
     wait_random,
 )
 
-from xwin.artifacts import ArtifactError, StoreUnavailable
+from xwin.artifacts.store import ArtifactError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

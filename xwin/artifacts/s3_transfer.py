@@ -17,8 +17,8 @@ from botocore.config import Config as BotoConfig
 from botocore.loaders import Loader, create_loader
 from s3transfer.subscribers import BaseSubscriber
 
+from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.folders import progress
-from xwin.config_base import StoreConfig
 
 FILE_WORKERS = 4  # files in flight at once
 REQUEST_THREADS = 8  # S3 requests in flight at once (parts of all those files)

@@ -13,16 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from xwin.config_base import UserError
-from xwin.controller.pipeline import (
-    EXIT_BUSY,
-    Controller,
-    RunBusy,
-    lock_holder,
-    new_record,
-)
+from xwin.controller.pipeline import Controller, RunBusy, lock_holder, new_record
 from xwin.controller.progress import format_seconds, make_progress, stage_table
 from xwin.controller.state import RunRecord, RunStore, utc_now
+from xwin.core.errors import EXIT_BUSY, UserError
 
 console = Console(highlight=False)
 if not console.is_terminal:
@@ -44,7 +38,8 @@ def config_from_record(record: RunRecord):
     from pydantic import ValidationError
 
     from xwin.config import PipelineConfig
-    from xwin.config_base import ConfigError, format_validation_error
+    from xwin.core.config import format_validation_error
+    from xwin.core.errors import ConfigError
 
     try:
         return PipelineConfig(**record.config)  # init values outrank XWIN_* variables and files
@@ -57,7 +52,7 @@ def config_from_record(record: RunRecord):
 
 
 def open_runs(config) -> RunStore:
-    from xwin.artifacts import open_store
+    from xwin.artifacts.factory import open_store
 
     store = open_store(config.store)
     store.check()
@@ -67,8 +62,8 @@ def open_runs(config) -> RunStore:
 def runs_of_record(record: RunRecord) -> RunStore:
     """The run's store from its record alone: no PipelineConfig, so no stage module (and no
     torch) is imported just to look at a run."""
-    from xwin.artifacts import open_store
-    from xwin.config_base import StoreConfig
+    from xwin.artifacts.config import StoreConfig
+    from xwin.artifacts.factory import open_store
 
     store = open_store(StoreConfig.model_validate(record.config["store"]))
     return RunStore(store, Path(record.config["run"]["workdir"]))

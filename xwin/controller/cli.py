@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan (keys, what runs) and exit")] = False,
     ) -> None:
         """Run the pipeline: every stage whose output is not in the store yet."""
-        from xwin.config_base import UserError
         from xwin.controller import api
+        from xwin.core.errors import UserError
 
         overrides = list(set_)
         if only:
@@ -65,8 +65,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """Continue a stopped or failed run: finished stages are kept, the rest run."""
-        from xwin.config_base import UserError
         from xwin.controller import api
+        from xwin.core.errors import UserError
 
         try:
             code = api.resume(run_id, workdir, config)
@@ -82,8 +82,8 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="the run record as JSON")] = False,
     ) -> None:
         """A run's stages: status, attempts, elapsed time, metrics, errors."""
-        from xwin.config_base import UserError
         from xwin.controller import api
+        from xwin.core.errors import UserError
 
         try:
             raise typer.Exit(api.show_status(run_id, workdir, config, as_json))
@@ -97,8 +97,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """(Re)build a run's report.md and plots from its artifacts."""
-        from xwin.config_base import UserError
         from xwin.controller import api
+        from xwin.core.errors import UserError
 
         try:
             path = api.build_report(run_id, workdir, config)
@@ -112,8 +112,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """List runs, newest last."""
-        from xwin.config_base import UserError
         from xwin.controller import api
+        from xwin.core.errors import UserError
 
         try:
             api.list_runs(workdir, config)
@@ -127,8 +127,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
         """Stop a run: its controller stops the running stage; the run stays resumable."""
-        from xwin.config_base import UserError
         from xwin.controller import api
+        from xwin.core.errors import UserError
 
         try:
             api.cancel(run_id, workdir, config)

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from xwin.config_base import StrictModel
-from xwin.stages.base import StageSpec
+from xwin.artifacts.stage_io import StageSpec
+from xwin.core.config import StrictModel
 
 
 class JobProfile(StrictModel):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xwin
-from xwin.config_base import ConfigError, digest
+from xwin.core.digests import digest
+from xwin.core.errors import ConfigError
 from xwin.stages import STAGE_NAMES, stage_module
 
 # Where each input of each stage comes from: "<stage>" (its whole output) or
@@ -315,7 +316,7 @@ def make_plan(config, store, shards: dict[str, int] | None = None,
 
 def is_committed(store, key: str, shards: int = 1) -> bool:
     """A stage is done when its artifact (or every one of its shards) is committed."""
-    from xwin.stages.base import part_key
+    from xwin.artifacts.stage_io import part_key
 
     if shards <= 1:
         return store.exists(key)

@@ -17,7 +17,6 @@ import ctypes
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,13 +26,14 @@ from pathlib import Path
 
 import yaml
 
-from xwin.atomic_files import write_text_atomically
+from xwin.artifacts.stage_io import part_key
 from xwin.controller.executor import Executor, StageJob, StageResult
-from xwin.stages.base import part_key
+from xwin.core.errors import EXIT_USER_ERROR
+from xwin.core.files import write_text_atomically
+from xwin.core.net import free_port
 
 log = logging.getLogger(__name__)
 
-EXIT_USER_ERROR = 2  # xwin.stages.runner: bad config or data, retrying cannot help
 POLL_S = 0.2
 
 
@@ -47,11 +47,6 @@ class LocalProcess:
     label: str  # "", "rank-1", "shard-3" (for log names and messages)
     group: int = 0  # processes of one group run together; groups run one after another
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_spec(job: StageJob) -> Path:
@@ -234,7 +229,7 @@ class LocalExecutor(Executor):
         """Shards committed by an earlier attempt are not run again."""
         if job.spec.shards <= 1:
             return set()
-        from xwin.artifacts import open_store
+        from xwin.artifacts.factory import open_store
 
         store = open_store(job.spec.store)
         count = job.spec.shards

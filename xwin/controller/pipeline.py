@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from xwin.config_base import UserError
+from xwin.artifacts.stage_io import StageSpec, part_key
 from xwin.controller.executor import Executor, JobProfile, StageJob, StageResult
 from xwin.controller.graph import Plan, PlannedStage, is_committed, make_plan
 from xwin.controller.state import (
@@ -33,16 +33,10 @@ from xwin.controller.state import (
     new_run_id,
     utc_now,
 )
-from xwin.stages.base import StageSpec, part_key
+from xwin.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError
 
 log = logging.getLogger(__name__)
 
-# `xwin run` / `xwin resume` exit codes
-EXIT_OK = 0
-EXIT_STAGE_FAILED = 1  # a stage failed after its retries (transient causes)
-EXIT_USER_ERROR = 2  # bad config or data: a stage's permanent error, or a planning error
-EXIT_BUSY = 3  # another controller holds the run
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM / `xwin cancel`: resumable
 
 
 class RunBusy(UserError):
@@ -302,7 +296,7 @@ class Controller:
             state.ended_at = utc_now()
             state.error = self._failure_message(result)
             kind = "permanent error" if result.permanent else f"failed {len(state.attempts)} time(s)"
-            code = EXIT_USER_ERROR if result.permanent else EXIT_STAGE_FAILED
+            code = EXIT_USER_ERROR if result.permanent else EXIT_FAILED
             return self._finish("failed", code, f"{planned.name}: {kind}: {result.reason}")
         self._save()
         return None

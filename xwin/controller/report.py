@@ -24,7 +24,7 @@ from typing import Any
 
 from xwin.controller.progress import format_seconds, key_metrics
 from xwin.controller.state import RunRecord, RunStore
-from xwin.plots import new_figure, save_figure
+from xwin.core.plots import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from xwin.atomic_files import write_bytes_atomically
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
+from xwin.core.files import write_bytes_atomically
 
 StageStatus = Literal[
     "pending", "running", "succeeded", "cached", "supplied", "skipped", "failed", "cancelled"

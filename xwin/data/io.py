@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from xwin.atomic_files import atomic_file
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
+from xwin.core.files import atomic_file
 from xwin.data.schemas import KINDS, Record
 
 R = TypeVar("R", bound=Record)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.data.schemas import Message
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy (and HF models) skip

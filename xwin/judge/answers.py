@@ -13,7 +13,8 @@ from typing_extensions import Self
 
 from xwin.judge.cache import ResponseCache, request_key
 from xwin.judge.session import folder_fingerprint
-from xwin.sampling.engine import Engine, EngineOptions, GenerationParams, create_engine
+from xwin.sampling.factory import create_engine
+from xwin.sampling.generation import Engine, EngineOptions, GenerationParams
 
 log = logging.getLogger(__name__)
 

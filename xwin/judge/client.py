@@ -23,7 +23,7 @@ from tenacity import (
 )
 from tqdm.auto import tqdm
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.judge.cache import ResponseCache, request_key
 
 log = logging.getLogger(__name__)

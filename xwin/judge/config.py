@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.config_base import StrictModel
+from xwin.core.config import StrictModel
 
 
 class LocalServerConfig(StrictModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from xwin.plots import new_figure, save_figure
+from xwin.core.plots import new_figure, save_figure
 
 
 def _num(x: float | None, digits: int = 2) -> str:

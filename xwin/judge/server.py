@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from pathlib import Path
 import httpx
 from typing_extensions import Self
 
-from xwin.hardware import resolve_dtype
+from xwin.core.hardware import resolve_dtype
+from xwin.core.net import free_port
 from xwin.judge.config import LocalServerConfig
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,6 @@ log = logging.getLogger(__name__)
 class ServerStartError(RuntimeError):
     """The server exited or never became ready; the message carries its log's tail."""
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_server_command(model_path: Path, served_name: str, port: int, cfg: LocalServerConfig) -> list[str]:

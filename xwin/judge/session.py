@@ -11,7 +11,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from xwin.config_base import ConfigError
+from xwin.core.errors import ConfigError
 from xwin.judge.cache import ResponseCache
 from xwin.judge.client import JudgeClient, api_key_from_env
 from xwin.judge.config import JudgeConfig

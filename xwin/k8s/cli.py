@@ -30,7 +30,7 @@ def render(
     """Print the ConfigMaps, headless Services and Jobs of every stage the run would execute
     (as if the store were empty) as one multi-document YAML stream."""
     from xwin.config import load_config
-    from xwin.config_base import UserError
+    from xwin.core.errors import UserError
     from xwin.k8s.plan import planned_jobs
     from xwin.k8s.render import dump_manifests, render_stage
 

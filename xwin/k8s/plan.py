@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xwin.artifacts.stage_io import StageSpec
 from xwin.controller.executor import JobProfile, StageJob
 from xwin.k8s.profiles import load_profiles
-from xwin.stages.base import StageSpec
 
 
 class NothingCommitted:

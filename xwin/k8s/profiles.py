@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xwin.config_base import ConfigError, format_validation_error, load_yaml
 from xwin.controller.executor import JobProfile
+from xwin.core.config import format_validation_error, load_yaml
+from xwin.core.errors import ConfigError
 from xwin.stages import STAGE_NAMES
 
 log = logging.getLogger(__name__)

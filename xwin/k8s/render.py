@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
-from xwin.config_base import ConfigError
 from xwin.controller.executor import JobProfile, StageJob
+from xwin.core.errors import EXIT_USER_ERROR, ConfigError
 from xwin.k8s.naming import (
     ANNOTATION_RUN_ID,
     COMPLETION_INDEX_ANNOTATION,
@@ -46,8 +46,6 @@ POD_FILESYSTEM_ENV = {
     "TRITON_CACHE_DIR": f"{DATA_DIR}/cache/triton",
     "TMPDIR": "/tmp",
 }
-# Exit code of a stage that failed on bad config or data (xwin.stages.runner.EXIT_USER_ERROR).
-EXIT_USER_ERROR = 2
 
 _serializer: k8s.ApiClient | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from xwin.config_base import StrictModel
+from xwin.core.config import StrictModel
 
 
 class KubernetesConfig(StrictModel):

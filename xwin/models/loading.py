@@ -11,8 +11,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from xwin.artifacts.folders import write_folder_atomically
-from xwin.config_base import UserError
-from xwin.hardware import resolve_dtype
+from xwin.core.errors import UserError
+from xwin.core.hardware import resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """A dtype name of the configs ("auto" decided for this machine: xwin.hardware)."""
+    """A dtype name of the configs ("auto" decided for this machine: xwin.core.hardware)."""
     resolved = resolve_dtype(name)
     if resolved not in DTYPES:
         raise UserError(f"dtype {name!r}: expected auto or one of {', '.join(DTYPES)}")

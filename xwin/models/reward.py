@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.models.loading import torch_dtype
 
 REWARD_CONFIG = "reward_config.json"

@@ -12,15 +12,8 @@ imports vLLM until a vLLM engine is created.
 """
 
 from xwin.sampling.distinct import DistinctSamples, sample_distinct
-from xwin.sampling.engine import (
-    Engine,
-    EngineOptions,
-    Generation,
-    GenerationParams,
-    create_engine,
-    generate,
-    open_engine,
-)
+from xwin.sampling.factory import create_engine, generate, open_engine
+from xwin.sampling.generation import Engine, EngineOptions, Generation, GenerationParams
 
 __all__ = [
     "DistinctSamples",

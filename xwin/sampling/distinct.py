@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from xwin.sampling.engine import Engine, Generation, GenerationParams
+from xwin.sampling.generation import Engine, Generation, GenerationParams
 
 # Why a prompt got fewer than n responses.
 SHORT_GREEDY = "greedy"  # temperature 0: one answer exists

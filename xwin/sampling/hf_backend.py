@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from xwin.models.loading import load_causal_lm
-from xwin.sampling.engine import Engine, EngineOptions, Generation, GenerationParams
+from xwin.sampling.generation import Engine, EngineOptions, Generation, GenerationParams
 
 
 class HfEngine(Engine):

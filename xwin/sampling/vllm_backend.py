@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from xwin.sampling.engine import Engine, EngineOptions, Generation
+from xwin.sampling.generation import Engine, EngineOptions, Generation
 
 log = logging.getLogger(__name__)
 

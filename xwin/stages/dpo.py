@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.stages.base import StageContext
+from xwin.artifacts.stage_io import StageContext
 from xwin.train.config import TrainConfig
 
 INPUTS: tuple[str, ...] = ("model", "train")
@@ -48,6 +48,6 @@ class DpoConfig(TrainConfig):
 def run(config: DpoConfig, ctx: StageContext) -> dict[str, float]:
     # imported here: the controller reads this module's config without torch
     from xwin.train.dpo import train_dpo
-    from xwin.train.runtime import run_distributed
+    from xwin.train.harness import run_distributed
 
     return run_distributed(ctx, lambda plan, device: train_dpo(config, ctx, plan, device))

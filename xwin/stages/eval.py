@@ -25,13 +25,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.atomic_files import write_text_atomically
-from xwin.config_base import ConfigError, StrictModel
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.config import StrictModel
+from xwin.core.errors import ConfigError
+from xwin.core.files import write_text_atomically
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import Prompt
 from xwin.judge.config import JudgeConfig
-from xwin.sampling.engine import EngineOptions, GenerationParams
-from xwin.stages.base import StageContext
+from xwin.sampling.generation import EngineOptions, GenerationParams
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from xwin.config_base import StrictModel, UserError
-from xwin.stages.base import StageContext
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.config import StrictModel
+from xwin.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class PrepareConfig(StrictModel):
 def fingerprint(config: PrepareConfig) -> dict[str, Any]:
     """What the controller adds to this stage's key: the identity of the raw sources, so that
     a changed file (or package version) gives a new key even if the config is the same."""
-    from xwin.controller.graph import fingerprint_path
+    from xwin.core.digests import fingerprint_path
 
     def source(value: str | None, package: str | None) -> Any:
         if value is not None and Path(value).exists():

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.stages.base import StageContext
+from xwin.artifacts.stage_io import StageContext
 from xwin.train.config import TrainConfig
 
 INPUTS: tuple[str, ...] = ("model", "train")
@@ -37,7 +37,7 @@ class RmConfig(TrainConfig):
 
 def run(config: RmConfig, ctx: StageContext) -> dict[str, float]:
     # imported here: the controller reads this module's config without torch
+    from xwin.train.harness import run_distributed
     from xwin.train.rm import train_reward_model
-    from xwin.train.runtime import run_distributed
 
     return run_distributed(ctx, lambda plan, device: train_reward_model(config, ctx, plan, device))

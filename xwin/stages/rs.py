@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.stages.base import StageContext
+from xwin.artifacts.stage_io import StageContext
 from xwin.train.config import TrainConfig
 
 INPUTS: tuple[str, ...] = ("model", "train")
@@ -30,7 +30,7 @@ class RsConfig(TrainConfig):
 
 def run(config: RsConfig, ctx: StageContext) -> dict[str, float]:
     # imported here: the controller reads this module's config without torch
-    from xwin.train.runtime import run_distributed
+    from xwin.train.harness import run_distributed
     from xwin.train.sft import finetune
 
     return run_distributed(ctx, lambda plan, device: finetune(config, ctx, plan, device))

@@ -10,14 +10,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from xwin.config_base import ConfigError, UserError, format_validation_error
+from xwin.artifacts.stage_io import StageContext, StageSpec, parse_shard
+from xwin.core.config import format_validation_error
+from xwin.core.errors import EXIT_USER_ERROR, ConfigError, UserError
 from xwin.stages import stage_module
-from xwin.stages.base import StageContext, StageSpec, parse_shard
 
 log = logging.getLogger("xwin.stage")
 
-EXIT_TRANSIENT = 1  # the controller may retry
-EXIT_USER_ERROR = 2  # bad config or data: fail fast
 
 
 def stage_config_class(name: str):

@@ -21,14 +21,14 @@ from pathlib import Path
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from xwin.config_base import UserError
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.errors import UserError
 from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord, Prompt, Response
 from xwin.data.templating import tokenize_prompt
 from xwin.sampling import EngineOptions, GenerationParams, open_engine, sample_distinct
 from xwin.sampling.distinct import DistinctSamples
-from xwin.sampling.engine import context_limit
-from xwin.stages.base import StageContext
+from xwin.sampling.generation import context_limit
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ from typing import Literal
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from xwin.config_base import StrictModel, UserError
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.config import StrictModel
+from xwin.core.errors import UserError
 from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord
+from xwin.data.selection import summary
 from xwin.data.templating import tokenize_prompt_and_reply
-from xwin.selection import summary
-from xwin.stages.base import StageContext
 
 log = logging.getLogger(__name__)
 

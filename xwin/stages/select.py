@@ -8,7 +8,7 @@ Output folder:
     reward_hist.png   reward distribution: all responses and the best per context
     best_of_n.png     expected best score vs N (exact, no resampling bias), best_of_n.json
 
-The rules are pure functions in `xwin.selection` (ties: lower response index ranks higher).
+The rules are pure functions in `xwin.data.selection` (ties: lower response index ranks higher).
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from xwin.config_base import StrictModel, UserError
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.config import StrictModel
+from xwin.core.errors import UserError
+from xwin.core.plots import new_figure, save_figure
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import Conversation, Message, MultiwiseRecord, PreferencePair
-from xwin.plots import new_figure, save_figure
-from xwin.selection import (
+from xwin.data.selection import (
     Strategy,
     best_of_n_curve,
     choose_best,
     preference_pairs,
     summary,
 )
-from xwin.stages.base import StageContext
 
 INPUTS: tuple[str, ...] = ("scored",)
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from xwin.artifacts import ArtifactNotFound, ArtifactStore
-from xwin.train.launch import ProcessPlan, barrier
+from xwin.artifacts.store import ArtifactNotFound, ArtifactStore
+from xwin.train.launch import ProcessPlace, barrier
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,12 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class Checkpoints:
     """The checkpoints of one stage output (see the module docstring)."""
 
-    def __init__(self, store: ArtifactStore, output_key: str, local_root: Path, plan: ProcessPlan,
+    def __init__(self, store: ArtifactStore, output_key: str, local_root: Path, place: ProcessPlace,
                  producer: str):
         self.store = store
         self.prefix = f"{output_key}.ckpt"
         self.local_root = Path(local_root)
-        self.plan = plan
+        self.place = place
         self.producer = producer
 
     def _node_key(self, tag: str, node: int) -> str:
@@ -98,25 +98,25 @@ class Checkpoints:
         folder = self.local_root / tag
         engine.save_checkpoint(str(self.local_root), tag=tag)
         folder.mkdir(parents=True, exist_ok=True)  # ranks that wrote no DeepSpeed file
-        torch.save(rng_states(), folder / f"rng_state_rank{self.plan.rank}.pt")
-        if self.plan.is_main:
+        torch.save(rng_states(), folder / f"rng_state_rank{self.place.rank}.pt")
+        if self.place.is_main:
             (folder / STATE_FILE).write_text(json.dumps(asdict(state)))
             (folder / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
         barrier()
-        if self.plan.is_node_leader:
+        if self.place.is_node_leader:
             self.store.commit(
-                self._node_key(tag, self.plan.node_rank), folder, producer=self.producer,
-                metadata={"step": state.step, "node": self.plan.node_rank},
+                self._node_key(tag, self.place.node_rank), folder, producer=self.producer,
+                metadata={"step": state.step, "node": self.place.node_rank},
             )
         barrier()
-        if self.plan.is_main:
-            pointer = {"tag": tag, "step": state.step, "nodes": self.plan.nnodes,
-                       "world_size": self.plan.world_size}
+        if self.place.is_main:
+            pointer = {"tag": tag, "step": state.step, "nodes": self.place.nnodes,
+                       "world_size": self.place.world_size}
             self.store.put_record(self.pointer_key, json.dumps(pointer).encode())
             for key in self.store.list(self.prefix + "/"):
                 if not key.startswith(f"{self.prefix}/{tag}/"):
                     self.store.delete(key)
-        if self.plan.is_node_leader:
+        if self.place.is_node_leader:
             for old in self.local_root.iterdir():
                 if old.is_dir() and old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
@@ -128,14 +128,14 @@ class Checkpoints:
         pointer = self.latest()
         if pointer is None:
             return None
-        if pointer["world_size"] != self.plan.world_size:
+        if pointer["world_size"] != self.place.world_size:
             log.warning("checkpoint %s was written by %d processes, this run has %d: starting afresh",
-                        pointer["tag"], pointer["world_size"], self.plan.world_size)
+                        pointer["tag"], pointer["world_size"], self.place.world_size)
             return None
         tag = pointer["tag"]
         merged_root = self.local_root.parent / "resume"
         folder = merged_root / tag
-        if self.plan.is_node_leader:
+        if self.place.is_node_leader:
             try:
                 self._link_parts(tag, pointer["nodes"], folder)
             except ArtifactNotFound as e:
@@ -147,7 +147,7 @@ class Checkpoints:
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {folder}")
         state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
-        rng_file = folder / f"rng_state_rank{self.plan.rank}.pt"
+        rng_file = folder / f"rng_state_rank{self.place.rank}.pt"
         set_rng_states(torch.load(rng_file, weights_only=False))
         history = [json.loads(line) for line in (folder / HISTORY_FILE).read_text().splitlines() if line]
         log.info("resumed from checkpoint %s (step %d)", tag, state.step)
@@ -167,11 +167,11 @@ class Checkpoints:
 
     def clear(self) -> None:
         """After the final model is committed the checkpoints are dead weight: delete them."""
-        if self.plan.is_main:
+        if self.place.is_main:
             self.store.put_record(self.pointer_key, json.dumps({"tag": None, "completed": True}).encode())
             for key in self.store.list(self.prefix + "/"):
                 self.store.delete(key)
-        if self.plan.is_node_leader:
+        if self.place.is_node_leader:
             shutil.rmtree(self.local_root, ignore_errors=True)
             shutil.rmtree(self.local_root.parent / "resume", ignore_errors=True)
 

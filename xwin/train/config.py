@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from xwin.config_base import StrictModel
+from xwin.core.config import StrictModel
 
 
 class TrainConfig(StrictModel):

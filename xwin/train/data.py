@@ -52,7 +52,7 @@ def pack_rows(lengths: Sequence[int], max_length: int, seed: int, window: int = 
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchSchedule:
     """Micro-batches for every epoch, for every rank."""
 
     lengths: Sequence[int]  # tokens per example (training examples only)

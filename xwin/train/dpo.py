@@ -9,19 +9,15 @@ import logging
 import torch
 import torch.distributed as dist
 
-from xwin.atomic_files import atomic_file
-from xwin.config_base import digest
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.digests import digest
+from xwin.core.files import atomic_file
 from xwin.data.dataset import pad_token_id
 from xwin.models.loading import load_causal_lm, load_tokenizer
-from xwin.stages.base import StageContext
 from xwin.stages.dpo import DpoConfig
 from xwin.train.data import eval_rank_batches
-from xwin.train.engine import build_frozen_engine, load_dtype, sharded_model_init
-from xwin.train.launch import ProcessPlan
-from xwin.train.loop import TrainTask, to_device, train
-from xwin.train.losses import dpo_loss, reply_labels, token_logps
-from xwin.train.pairs import PairCollator, PairExample
-from xwin.train.runtime import (
+from xwin.train.deepspeed_setup import build_frozen_engine, load_dtype, sharded_model_init
+from xwin.train.harness import (
     checkpoints_for,
     export_causal_lm,
     finish,
@@ -30,6 +26,10 @@ from xwin.train.runtime import (
     metrics_path,
     read_training_pairs,
 )
+from xwin.train.launch import ProcessPlace
+from xwin.train.loop import TrainTask, to_device, train
+from xwin.train.losses import dpo_loss, reply_labels, token_logps
+from xwin.train.pairs import PairCollator, PairExample
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,16 @@ def reply_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
 
 @torch.no_grad()
 def compute_reference_logps(model, pairs: list[PairExample], collate, micro_batch_size: int,
-                            plan: ProcessPlan, device) -> torch.Tensor:
+                            place: ProcessPlace, device) -> torch.Tensor:
     """[pairs, 2] summed reply log-probs (chosen, rejected); each rank does its share."""
     model.eval()
     local = []
-    for slots in eval_rank_batches(len(pairs), micro_batch_size, plan.world_size, plan.rank):
+    for slots in eval_rank_batches(len(pairs), micro_batch_size, place.world_size, place.rank):
         real = [pairs[i] for i in slots if i >= 0]
         sums, _ = reply_logps(model, to_device(collate(real or pairs[:1]), device))
         n = len(real or pairs[:1])
         local += [(p.index, c, r) for p, c, r in zip(real, sums[:n].tolist(), sums[n:].tolist())]
-    everything: list = [None] * plan.world_size
+    everything: list = [None] * place.world_size
     dist.all_gather_object(everything, local)
     model.train()
     table = torch.full((len(pairs), 2), float("nan"))
@@ -64,9 +64,9 @@ def compute_reference_logps(model, pairs: list[PairExample], collate, micro_batc
 class PrecomputedReference:
     """Reference log-probs computed once by the starting model, cached in the workdir."""
 
-    def __init__(self, cache_file, pairs, collate, micro_batch_size, plan, device):
+    def __init__(self, cache_file, pairs, collate, micro_batch_size, place, device):
         self.cache_file, self.pairs, self.collate = cache_file, pairs, collate
-        self.micro_batch_size, self.plan, self.device = micro_batch_size, plan, device
+        self.micro_batch_size, self.place, self.device = micro_batch_size, place, device
         self.table: torch.Tensor | None = None
 
     def prepare(self, engine) -> None:
@@ -78,8 +78,8 @@ class PrecomputedReference:
             log.info("reference log-probs from cache %s", self.cache_file)
             return
         self.table = compute_reference_logps(engine, self.pairs, self.collate, self.micro_batch_size,
-                                             self.plan, self.device)
-        if self.plan.is_node_leader:
+                                             self.place, self.device)
+        if self.place.is_node_leader:
             with atomic_file(self.cache_file, "wb") as f:
                 torch.save(self.table, f)
 
@@ -111,10 +111,10 @@ def make_dpo_step(config: DpoConfig, reference):
     return dpo_step
 
 
-def online_reference(model_dir, config: DpoConfig, plan: ProcessPlan, device):
-    with sharded_model_init(config, plan):
+def online_reference(model_dir, config: DpoConfig, place: ProcessPlace, device):
+    with sharded_model_init(config, place):
         frozen = load_causal_lm(model_dir, load_dtype(config))
-    frozen = build_frozen_engine(frozen, config, plan, device)
+    frozen = build_frozen_engine(frozen, config, place, device)
 
     @torch.no_grad()
     def reference(batch):
@@ -123,12 +123,12 @@ def online_reference(model_dir, config: DpoConfig, plan: ProcessPlan, device):
     return reference
 
 
-def train_dpo(config: DpoConfig, ctx: StageContext, plan: ProcessPlan, device) -> dict[str, float]:
+def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device) -> dict[str, float]:
     model_dir = ctx.input("model")
     tokenizer = load_tokenizer(model_dir)
-    pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=plan.is_main)
+    pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=place.is_main)
     collate = PairCollator(pad_token_id(tokenizer))
-    with sharded_model_init(config, plan):
+    with sharded_model_init(config, place):
         model = load_causal_lm(model_dir, load_dtype(config))
     model.config.use_cache = False
 
@@ -137,10 +137,10 @@ def train_dpo(config: DpoConfig, ctx: StageContext, plan: ProcessPlan, device) -
         key = digest({"model": input_fingerprint(ctx, "model"), "data": input_fingerprint(ctx, "train"),
                       "max_length": config.max_length, "dtype": load_dtype(config)})
         precomputed = PrecomputedReference(ctx.workdir / f"reference-logps-{key}.pt", pairs, collate,
-                                           config.micro_batch_size, plan, device)
+                                           config.micro_batch_size, place, device)
         reference = precomputed
     else:
-        reference = online_reference(model_dir, config, plan, device)
+        reference = online_reference(model_dir, config, place, device)
 
     task = TrainTask(
         name="dpo",
@@ -151,10 +151,10 @@ def train_dpo(config: DpoConfig, ctx: StageContext, plan: ProcessPlan, device) -
         collate=collate,
         loss_fn=make_dpo_step(config, reference),
     )
-    checkpoints = checkpoints_for(ctx, plan)
-    result = train(task, config, plan, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints,
+    checkpoints = checkpoints_for(ctx, place)
+    result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints,
                    prepare=precomputed.prepare if precomputed else None)
-    write_model = export_causal_lm(result, config.zero_stage, plan, tokenizer)
+    write_model = export_causal_lm(result, config.zero_stage, place, tokenizer)
     extra = {"reference_online": float(config.reference == "online")}
     if precomputed is not None:
         table = precomputed.table
@@ -170,5 +170,5 @@ def train_dpo(config: DpoConfig, ctx: StageContext, plan: ProcessPlan, device) -
 
     metrics = flat_metrics(**{"": {**result.metrics, **extra}}, data=report,
                            split={"train": len(train_ids), "eval": len(eval_ids)})
-    metrics["world_size"] = plan.world_size
-    return finish(ctx, plan, checkpoints, write, metrics)
+    metrics["world_size"] = place.world_size
+    return finish(ctx, place, checkpoints, write, metrics)

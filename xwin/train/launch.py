@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from xwin.config_base import ConfigError
+from xwin.core.errors import ConfigError
+from xwin.core.net import free_port
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ProcessPlan:
+class ProcessPlace:
     """This process's place: a worker (rank/world) or a launcher of nproc_per_node workers."""
 
     rank: int
@@ -51,11 +51,6 @@ class ProcessPlan:
         return self.local_rank == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _int_env(env: dict[str, str], name: str, default: int | None = None) -> int:
     raw = env.get(name)
@@ -69,7 +64,7 @@ def _int_env(env: dict[str, str], name: str, default: int | None = None) -> int:
         raise ConfigError(f"environment variable {name}={raw!r}: expected an integer") from None
 
 
-def plan_processes(env: dict[str, str] | None = None) -> ProcessPlan:
+def locate_process(env: dict[str, str] | None = None) -> ProcessPlace:
     """Read this process's place from the environment (see the module docstring)."""
     env = dict(os.environ if env is None else env)
     if "RANK" in env and "WORLD_SIZE" in env:  # a worker already
@@ -79,7 +74,7 @@ def plan_processes(env: dict[str, str] | None = None) -> ProcessPlan:
         if not 0 <= rank < world:
             raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
         local_world = max(1, min(local_world, world))
-        return ProcessPlan(
+        return ProcessPlace(
             rank=rank,
             world_size=world,
             local_rank=_int_env(env, "LOCAL_RANK", rank % local_world),
@@ -99,7 +94,7 @@ def plan_processes(env: dict[str, str] | None = None) -> ProcessPlan:
         )
     if nnodes > 1 and "MASTER_ADDR" not in env:
         raise ConfigError("multi-node training needs MASTER_ADDR (pod 0's DNS name)")
-    return ProcessPlan(
+    return ProcessPlace(
         rank=node_rank * nproc,
         world_size=nnodes * nproc,
         local_rank=0,
@@ -112,19 +107,19 @@ def plan_processes(env: dict[str, str] | None = None) -> ProcessPlan:
     )
 
 
-def export_worker_env(plan: ProcessPlan) -> None:
+def export_worker_env(place: ProcessPlace) -> None:
     """Set the variables torch.distributed's env:// rendezvous (and StageContext) read."""
     os.environ.update(
-        RANK=str(plan.rank),
-        WORLD_SIZE=str(plan.world_size),
-        LOCAL_RANK=str(plan.local_rank),
-        LOCAL_WORLD_SIZE=str(plan.local_world_size),
-        MASTER_ADDR=plan.master_addr,
-        MASTER_PORT=str(plan.master_port),
+        RANK=str(place.rank),
+        WORLD_SIZE=str(place.world_size),
+        LOCAL_RANK=str(place.local_rank),
+        LOCAL_WORLD_SIZE=str(place.local_world_size),
+        MASTER_ADDR=place.master_addr,
+        MASTER_PORT=str(place.master_port),
     )
 
 
-def spawn_workers(plan: ProcessPlan, argv: list[str] | None = None) -> None:
+def spawn_workers(place: ProcessPlace, argv: list[str] | None = None) -> None:
     """Run this node's workers with torchrun's own launcher (static rendezvous), each executing
     this process's command line as `python -m xwin.cli ...`; returns when all have exited,
     raises if any failed (so the pod fails and the Job retries it)."""
@@ -133,34 +128,34 @@ def spawn_workers(plan: ProcessPlan, argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(
         [
-            f"--nnodes={plan.nnodes}",
-            f"--nproc-per-node={plan.local_world_size}",
-            f"--node-rank={plan.node_rank}",
-            f"--master-addr={plan.master_addr}",
-            f"--master-port={plan.master_port}",
+            f"--nnodes={place.nnodes}",
+            f"--nproc-per-node={place.local_world_size}",
+            f"--node-rank={place.node_rank}",
+            f"--master-addr={place.master_addr}",
+            f"--master-port={place.master_port}",
             "--max-restarts=0",  # retries belong to the Job / the controller, not to us
             "--module",
             "xwin.cli",
             *argv,
         ]
     )
-    log.info("node %d/%d: starting %d workers", plan.node_rank, plan.nnodes, plan.local_world_size)
+    log.info("node %d/%d: starting %d workers", place.node_rank, place.nnodes, place.local_world_size)
     run(args)
 
 
-def device_for(plan: ProcessPlan) -> torch.device:
+def device_for(place: ProcessPlace) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(plan.local_rank)
-        return torch.device("cuda", plan.local_rank)
+        torch.cuda.set_device(place.local_rank)
+        return torch.device("cuda", place.local_rank)
     return torch.device("cpu")
 
 
-def init_distributed(plan: ProcessPlan) -> torch.device:
+def init_distributed(place: ProcessPlace) -> torch.device:
     """Join the process group (nccl on GPUs, gloo on the CPU); returns this worker's device."""
     import deepspeed
 
-    export_worker_env(plan)
-    device = device_for(plan)
+    export_worker_env(place)
+    device = device_for(place)
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return device

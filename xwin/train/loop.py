@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from xwin.config_base import UserError
+from xwin.core.errors import UserError
 from xwin.train.checkpoint import Checkpoints, TrainState
 from xwin.train.config import TrainConfig
-from xwin.train.data import BatchPlan, eval_rank_batches
-from xwin.train.engine import build_engine
-from xwin.train.launch import ProcessPlan
+from xwin.train.data import BatchSchedule, eval_rank_batches
+from xwin.train.deepspeed_setup import build_engine
+from xwin.train.launch import ProcessPlace
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,15 @@ class Window:
 
 
 @torch.no_grad()
-def evaluate(engine, task: TrainTask, config: TrainConfig, plan: ProcessPlan, device: torch.device) -> dict[str, float]:
+def evaluate(engine, task: TrainTask, config: TrainConfig, place: ProcessPlace,
+             device: torch.device) -> dict[str, float]:
     """Held-out loss and the stage's metrics, averaged per example over all ranks."""
     if not task.eval_examples:
         return {}
     engine.eval()
     sums: dict[str, torch.Tensor] = {}
     weight = torch.zeros((), device=device)
-    for slots in eval_rank_batches(len(task.eval_examples), config.micro_batch_size, plan.world_size, plan.rank):
+    for slots in eval_rank_batches(len(task.eval_examples), config.micro_batch_size, place.world_size, place.rank):
         real = [task.eval_examples[i] for i in slots if i >= 0]
         # a rank with nothing left still runs a forward (ZeRO-3 gathers weights collectively)
         batch = to_device(task.collate(real or [task.eval_examples[0]]), device)
@@ -152,7 +153,7 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def plan_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
+def count_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
     return max(1, int(config.epochs * micro_batches_per_epoch) // config.gradient_accumulation_steps)
@@ -161,7 +162,7 @@ def plan_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
 def train(
     task: TrainTask,
     config: TrainConfig,
-    plan: ProcessPlan,
+    place: ProcessPlace,
     device: torch.device,
     *,
     metrics_path: Path,
@@ -174,23 +175,23 @@ def train(
     packed = config.batching == "packed"
     if packed and task.collate_rows is None:
         raise UserError(f"stage {task.name}: batching 'packed' is for SFT/RS; use length_grouped")
-    batches = BatchPlan(
-        lengths=task.lengths, micro_batch_size=config.micro_batch_size, world_size=plan.world_size,
+    batches = BatchSchedule(
+        lengths=task.lengths, micro_batch_size=config.micro_batch_size, world_size=place.world_size,
         mode=config.batching, max_length=config.max_length, seed=config.seed,
     )
     per_epoch = batches.micro_batches_per_epoch()
     if per_epoch == 0:
         raise UserError(
             f"stage {task.name}: {len(task.train_examples)} training examples cannot fill one "
-            f"micro-batch of {config.micro_batch_size} on each of {plan.world_size} processes"
+            f"micro-batch of {config.micro_batch_size} on each of {place.world_size} processes"
         )
-    total_steps = plan_steps(config, per_epoch)
-    engine = build_engine(task.model, config, plan, total_steps)
-    torch.manual_seed(config.seed + plan.rank)  # dropout differs per rank, reproducibly
+    total_steps = count_steps(config, per_epoch)
+    engine = build_engine(task.model, config, place, total_steps)
+    torch.manual_seed(config.seed + place.rank)  # dropout differs per rank, reproducibly
     if prepare is not None:
         prepare(engine)
 
-    state, history = TrainState(), MetricsLog(metrics_path, plan.is_main)
+    state, history = TrainState(), MetricsLog(metrics_path, place.is_main)
     resumed_from = None
     if checkpoints is not None and config.resume and (restored := checkpoints.restore(engine)):
         state, records = restored
@@ -205,7 +206,7 @@ def train(
         while True:
             if state.epoch not in epoch_cache:
                 epoch_cache.clear()
-                epoch_cache[state.epoch] = batches.rank_batches(state.epoch, plan.rank)
+                epoch_cache[state.epoch] = batches.rank_batches(state.epoch, place.rank)
             rows = epoch_cache[state.epoch]
             if state.micro_batch < len(rows):
                 state.micro_batch += 1
@@ -218,12 +219,12 @@ def train(
         return task.collate([task.train_examples[row[0]] for row in rows])
 
     log.info("%s: %d steps (%d micro-batches/epoch/rank, accumulation %d, %d processes)%s",
-             task.name, total_steps, per_epoch, config.gradient_accumulation_steps, plan.world_size,
+             task.name, total_steps, per_epoch, config.gradient_accumulation_steps, place.world_size,
              f", resuming at step {state.step}" if resumed_from is not None else "")
     engine.train()
     window = Window(device)
     bar = tqdm(total=total_steps, initial=state.step, desc=task.name, unit="step",
-               disable=not plan.is_main, dynamic_ncols=True)
+               disable=not place.is_main, dynamic_ncols=True)
     final_eval: dict[str, float] = {}
     while state.step < total_steps:
         lr = engine.get_lr()[0]
@@ -245,7 +246,7 @@ def train(
             record = {"step": state.step, "epoch": round(state.epoch + state.micro_batch / max(1, per_epoch), 4),
                       **means, "lr": lr, "tokens_per_s": tokens / max(seconds, 1e-9)}
             if do_eval:
-                eval_metrics = evaluate(engine, task, config, plan, device)
+                eval_metrics = evaluate(engine, task, config, place, device)
                 record.update(eval_metrics)
                 if last:
                     final_eval = eval_metrics

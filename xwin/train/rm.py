@@ -8,25 +8,25 @@ import math
 import torch
 import torch.distributed as dist
 
+from xwin.artifacts.stage_io import StageContext
 from xwin.data.dataset import pad_token_id
 from xwin.models.loading import load_tokenizer
 from xwin.models.reward import RewardModel
-from xwin.stages.base import StageContext
 from xwin.stages.rm import RmConfig
 from xwin.train.checkpoint import gathered_state_dict
 from xwin.train.data import eval_rank_batches
-from xwin.train.engine import load_dtype, sharded_model_init
-from xwin.train.launch import ProcessPlan
-from xwin.train.loop import TrainTask, to_device, train
-from xwin.train.losses import bradley_terry_loss
-from xwin.train.pairs import PairCollator, PairExample
-from xwin.train.runtime import (
+from xwin.train.deepspeed_setup import load_dtype, sharded_model_init
+from xwin.train.harness import (
     checkpoints_for,
     finish,
     flat_metrics,
     metrics_path,
     read_training_pairs,
 )
+from xwin.train.launch import ProcessPlace
+from xwin.train.loop import TrainTask, to_device, train
+from xwin.train.losses import bradley_terry_loss
+from xwin.train.pairs import PairCollator, PairExample
 
 
 def rewards_of(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,16 +51,16 @@ def make_rm_step(use_score_margin: bool):
 
 
 @torch.no_grad()
-def held_out_rewards(engine, pairs: list[PairExample], collate, micro_batch_size: int, plan: ProcessPlan,
+def held_out_rewards(engine, pairs: list[PairExample], collate, micro_batch_size: int, place: ProcessPlace,
                      device) -> list[tuple[float, float]]:
     """(chosen, rejected) reward of every held-out pair, gathered from all ranks."""
     engine.eval()
     local: list[tuple[int, float, float]] = []
-    for slots in eval_rank_batches(len(pairs), micro_batch_size, plan.world_size, plan.rank):
+    for slots in eval_rank_batches(len(pairs), micro_batch_size, place.world_size, place.rank):
         real = [pairs[i] for i in slots if i >= 0]
         chosen, rejected = rewards_of(engine, to_device(collate(real or pairs[:1]), device))
         local += [(p.index, c, r) for p, c, r in zip(real, chosen.tolist(), rejected.tolist())]
-    everything: list = [None] * plan.world_size
+    everything: list = [None] * place.world_size
     dist.all_gather_object(everything, local)
     engine.train()
     return [(c, r) for _, c, r in sorted(x for part in everything for x in part)]
@@ -80,12 +80,12 @@ def reward_statistics(rewards: list[tuple[float, float]]) -> dict[str, float]:
     return stats
 
 
-def train_reward_model(config: RmConfig, ctx: StageContext, plan: ProcessPlan, device) -> dict[str, float]:
+def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace, device) -> dict[str, float]:
     model_dir = ctx.input("model")
     tokenizer = load_tokenizer(model_dir)
-    pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=plan.is_main)
+    pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=place.is_main)
     torch.manual_seed(config.seed)  # the value head's init, identical on every rank
-    with sharded_model_init(config, plan):
+    with sharded_model_init(config, place):
         model = RewardModel.from_language_model(model_dir, load_dtype(config))
     model.config.use_cache = False
     collate = PairCollator(pad_token_id(tokenizer))
@@ -99,13 +99,13 @@ def train_reward_model(config: RmConfig, ctx: StageContext, plan: ProcessPlan, d
         collate=collate,
         loss_fn=make_rm_step(config.use_score_margin),
     )
-    checkpoints = checkpoints_for(ctx, plan)
-    result = train(task, config, plan, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
+    checkpoints = checkpoints_for(ctx, place)
+    result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
     stats = {}
     if eval_pairs:
         stats = reward_statistics(held_out_rewards(result.engine, eval_pairs, collate, config.micro_batch_size,
-                                                   plan, device))
-    state = gathered_state_dict(result.engine.module, config.zero_stage, plan.is_main)
+                                                   place, device))
+    state = gathered_state_dict(result.engine.module, config.zero_stage, place.is_main)
 
     def write(folder):
         info = {"max_length": config.max_length, **{k: v for k, v in stats.items() if k.startswith("eval_reward_")}}
@@ -113,5 +113,5 @@ def train_reward_model(config: RmConfig, ctx: StageContext, plan: ProcessPlan, d
 
     metrics = flat_metrics(**{"": {**result.metrics, **stats}}, data=report,
                            split={"train": len(train_ids), "eval": len(eval_ids)})
-    metrics["world_size"] = plan.world_size
-    return finish(ctx, plan, checkpoints, write, metrics)
+    metrics["world_size"] = place.world_size
+    return finish(ctx, place, checkpoints, write, metrics)

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from xwin.config_base import UserError
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.errors import UserError
 from xwin.data.dataset import SftCollator, build_sft_dataset, pad_token_id
 from xwin.models.loading import load_causal_lm, load_tokenizer
-from xwin.stages.base import StageContext
 from xwin.train.config import TrainConfig
 from xwin.train.data import PackedSftCollator, split_train_eval
-from xwin.train.engine import load_dtype, sharded_model_init
-from xwin.train.launch import ProcessPlan
-from xwin.train.loop import TrainTask, train
-from xwin.train.losses import sft_loss
-from xwin.train.runtime import (
+from xwin.train.deepspeed_setup import load_dtype, sharded_model_init
+from xwin.train.harness import (
     checkpoints_for,
     export_causal_lm,
     finish,
@@ -24,6 +21,9 @@ from xwin.train.runtime import (
     metrics_path,
     read_input_records,
 )
+from xwin.train.launch import ProcessPlace
+from xwin.train.loop import TrainTask, train
+from xwin.train.losses import sft_loss
 
 
 def sft_step(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -38,18 +38,18 @@ def sft_step(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict
     return sft_loss(logits, batch["labels"]), {}
 
 
-def finetune(config: TrainConfig, ctx: StageContext, plan: ProcessPlan, device: torch.device) -> dict[str, float]:
+def finetune(config: TrainConfig, ctx: StageContext, place: ProcessPlace, device: torch.device) -> dict[str, float]:
     """The whole sft/rs run on one worker."""
     name = ctx.spec.stage
     model_dir = ctx.input("model")
     tokenizer = load_tokenizer(model_dir)
     records = read_input_records(ctx, "train", "conversations")
-    samples, report = build_sft_dataset(records, tokenizer, config.max_length, progress=plan.is_main)
+    samples, report = build_sft_dataset(records, tokenizer, config.max_length, progress=place.is_main)
     if not samples:
         raise UserError(f"stage {name}: no usable conversation in input 'train' ({report.as_dict()})")
     train_ids, eval_ids = split_train_eval(len(samples), config.eval_fraction, config.seed)
     torch.manual_seed(config.seed)
-    with sharded_model_init(config, plan):
+    with sharded_model_init(config, place):
         model = load_causal_lm(model_dir, load_dtype(config))
     model.config.use_cache = False
     pad = pad_token_id(tokenizer)
@@ -63,13 +63,13 @@ def finetune(config: TrainConfig, ctx: StageContext, plan: ProcessPlan, device: 
         collate_rows=PackedSftCollator(pad),
         loss_fn=sft_step,
     )
-    checkpoints = checkpoints_for(ctx, plan)
-    result = train(task, config, plan, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
-    write = export_causal_lm(result, config.zero_stage, plan, tokenizer)
+    checkpoints = checkpoints_for(ctx, place)
+    result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
+    write = export_causal_lm(result, config.zero_stage, place, tokenizer)
     metrics = flat_metrics(
         **{"": result.metrics},
         data=report.as_dict(),
         split={"train": len(train_ids), "eval": len(eval_ids)},
     )
-    metrics["world_size"] = plan.world_size
-    return finish(ctx, plan, checkpoints, write, metrics)
+    metrics["world_size"] = place.world_size
+    return finish(ctx, place, checkpoints, write, metrics)

@@ -11,7 +11,11 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from xwin.config_base import ConfigError, StoreConfig, StrictModel, digest, format_validation_error
+from xwin.artifacts.config import StoreConfig
+from xwin.artifacts.factory import open_store
+from xwin.core.config import StrictModel, format_validation_error
+from xwin.core.digests import digest
+from xwin.core.errors import ConfigError
 
 
 class StageSpec(StrictModel):
@@ -72,7 +76,6 @@ class StageContext:
     """Handed to `run(config, ctx)`: inputs as local paths, one output to commit."""
 
     def __init__(self, spec: StageSpec, shard: tuple[int, int] = (0, 1)):
-        from xwin.artifacts import open_store
 
         self.spec = spec
         self.store = open_store(spec.store)

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import torch
 
-from xwin.hardware import bf16_is_fast
+from xwin.core.hardware import bf16_is_fast
 from xwin.train.config import TrainConfig
-from xwin.train.launch import ProcessPlan
+from xwin.train.launch import ProcessPlace
 
 
 def use_bf16(config: TrainConfig) -> bool:
@@ -25,7 +25,7 @@ def load_dtype(config: TrainConfig) -> str:
     return "bfloat16" if use_bf16(config) else "float32"
 
 
-def deepspeed_config(config: TrainConfig, plan: ProcessPlan) -> dict:
+def deepspeed_config(config: TrainConfig, place: ProcessPlace) -> dict:
     pin = torch.cuda.is_available()
     zero: dict = {"stage": config.zero_stage}
     if config.zero_stage >= 2:
@@ -40,21 +40,21 @@ def deepspeed_config(config: TrainConfig, plan: ProcessPlan) -> dict:
     return {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "train_batch_size": config.micro_batch_size * config.gradient_accumulation_steps * plan.world_size,
+        "train_batch_size": config.micro_batch_size * config.gradient_accumulation_steps * place.world_size,
         "gradient_clipping": config.max_grad_norm,
         "bf16": {"enabled": use_bf16(config)},
         "zero_optimization": zero,
         # our optimizer is torch's AdamW (or DeepSpeed's CPU Adam when offloading)
         "zero_allow_untested_optimizer": True,
         # without a shared filesystem every node must write the files its ranks need to resume
-        "checkpoint": {"use_node_local_storage": plan.nnodes > 1},
+        "checkpoint": {"use_node_local_storage": place.nnodes > 1},
         "steps_per_print": 2**31 - 1,  # we log ourselves
         "wall_clock_breakdown": False,
     }
 
 
 @contextlib.contextmanager
-def sharded_model_init(config: TrainConfig, plan: ProcessPlan) -> Iterator[None]:
+def sharded_model_init(config: TrainConfig, place: ProcessPlace) -> Iterator[None]:
     """Under ZeRO-3, models built or loaded inside this block are sharded as they load (each rank
     holds 1/N of the weights): how a 70B model fits where one full copy would not."""
     if config.zero_stage != 3:
@@ -63,7 +63,7 @@ def sharded_model_init(config: TrainConfig, plan: ProcessPlan) -> Iterator[None]
     from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
     # transformers looks this object up through a weak reference while from_pretrained runs
-    hf_ds_config = HfDeepSpeedConfig(deepspeed_config(config, plan))
+    hf_ds_config = HfDeepSpeedConfig(deepspeed_config(config, place))
     try:
         yield
     finally:
@@ -128,7 +128,7 @@ def make_scheduler(config: TrainConfig, total_steps: int):
     return factory
 
 
-def build_engine(model: torch.nn.Module, config: TrainConfig, plan: ProcessPlan, total_steps: int):
+def build_engine(model: torch.nn.Module, config: TrainConfig, place: ProcessPlace, total_steps: int):
     """A DeepSpeed engine that trains `model`: forward = model(...), engine.backward/step."""
     import deepspeed
 
@@ -139,12 +139,12 @@ def build_engine(model: torch.nn.Module, config: TrainConfig, plan: ProcessPlan,
         model=model,
         optimizer=make_optimizer(model, config),
         lr_scheduler=make_scheduler(config, total_steps),
-        config=deepspeed_config(config, plan),
+        config=deepspeed_config(config, place),
     )
     return engine
 
 
-def build_frozen_engine(model: torch.nn.Module, config: TrainConfig, plan: ProcessPlan, device):
+def build_frozen_engine(model: torch.nn.Module, config: TrainConfig, place: ProcessPlace, device):
     """A model used for inference only next to the trained one (DPO's online reference): under
     ZeRO-3 an optimizer-less engine that keeps it sharded, else the plain module on the device."""
     model.requires_grad_(False)
@@ -153,7 +153,7 @@ def build_frozen_engine(model: torch.nn.Module, config: TrainConfig, plan: Proce
         return model.to(device=device, dtype=torch.bfloat16 if use_bf16(config) else torch.float32)
     import deepspeed
 
-    ds_config = deepspeed_config(config, plan)
+    ds_config = deepspeed_config(config, place)
     ds_config["zero_optimization"] = {"stage": 3}
     if config.offload_params:
         ds_config["zero_optimization"]["offload_param"] = {"device": "cpu"}

@@ -13,16 +13,16 @@ from typing import Any
 import torch
 
 from xwin.artifacts.folders import write_folder_atomically
-from xwin.config_base import UserError
+from xwin.artifacts.stage_io import StageContext
+from xwin.core.errors import UserError
 from xwin.data.io import read_records
-from xwin.stages.base import StageContext
 from xwin.train.checkpoint import Checkpoints, gathered_state_dict
 from xwin.train.data import split_train_eval
 from xwin.train.launch import (
-    ProcessPlan,
+    ProcessPlace,
     barrier,
     init_distributed,
-    plan_processes,
+    locate_process,
     shutdown,
     spawn_workers,
 )
@@ -35,25 +35,25 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def run_distributed(ctx: StageContext,
-                    body: Callable[[ProcessPlan, torch.device], dict[str, float]]) -> dict[str, float]:
-    """Run `body(plan, device)` as one worker of the job; or, on a node that must start several
+                    body: Callable[[ProcessPlace, torch.device], dict[str, float]]) -> dict[str, float]:
+    """Run `body(place, device)` as one worker of the job; or, on a node that must start several
     workers, start them (each re-runs this stage) and return the committed output's metrics."""
-    plan = plan_processes()
-    if plan.spawn_workers:
-        spawn_workers(plan)
+    place = locate_process()
+    if place.spawn_workers:
+        spawn_workers(place)
         manifest = ctx.store.manifest(ctx.output_key)
         return manifest.metadata.get("metrics", {}) if manifest is not None else {}
     # StageContext read RANK/WORLD_SIZE before an Indexed-Job pod's rank was known
-    ctx.rank, ctx.world_size = plan.rank, plan.world_size
-    device = init_distributed(plan)
+    ctx.rank, ctx.world_size = place.rank, place.world_size
+    device = init_distributed(place)
     try:
-        return body(plan, device)
+        return body(place, device)
     finally:
         shutdown()
 
 
-def checkpoints_for(ctx: StageContext, plan: ProcessPlan) -> Checkpoints:
-    return Checkpoints(ctx.store, ctx.output_key, ctx.workdir / "checkpoints", plan,
+def checkpoints_for(ctx: StageContext, place: ProcessPlace) -> Checkpoints:
+    return Checkpoints(ctx.store, ctx.output_key, ctx.workdir / "checkpoints", place,
                        producer=f"{ctx.spec.stage}-checkpoint")
 
 
@@ -103,11 +103,12 @@ def flat_metrics(**groups: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def export_causal_lm(result: TrainResult, zero_stage: int, plan: ProcessPlan, tokenizer: Any) -> Callable[[Path], None]:
+def export_causal_lm(result: TrainResult, zero_stage: int, place: ProcessPlace,
+                     tokenizer: Any) -> Callable[[Path], None]:
     """Collective (ZeRO-3 gathers shards): returns the writer of an HF folder (safetensors +
     tokenizer) that transformers and vLLM load unchanged; the writer is for rank 0 only."""
     module = result.engine.module
-    state = gathered_state_dict(module, zero_stage, plan.is_main)
+    state = gathered_state_dict(module, zero_stage, place.is_main)
 
     def write(folder: Path) -> None:
         module.config.use_cache = True  # training switched it off; generation wants it
@@ -117,11 +118,11 @@ def export_causal_lm(result: TrainResult, zero_stage: int, plan: ProcessPlan, to
     return write
 
 
-def finish(ctx: StageContext, plan: ProcessPlan, checkpoints: Checkpoints | None,
+def finish(ctx: StageContext, place: ProcessPlace, checkpoints: Checkpoints | None,
            write_output: Callable[[Path], None], metrics: dict[str, float]) -> dict[str, float]:
     """Rank 0 writes the output folder atomically (with metrics.jsonl), commits it, and the run's
     checkpoints are deleted; every rank returns the metrics."""
-    if plan.is_main:
+    if place.is_main:
         out_dir = ctx.workdir / "output"
 
         def write(folder: Path) -> None:

