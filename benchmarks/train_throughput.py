@@ -81,13 +81,13 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
     from xwin.data.dataset import SftCollator, build_sft_dataset, pad_token_id
     from xwin.data.schemas import Conversation, PreferencePair
     from xwin.models.loading import load_causal_lm, load_tokenizer
-    from xwin.stages.dpo import DpoConfig
-    from xwin.stages.sft import SftConfig
     from xwin.train.dpo import PrecomputedReference, make_dpo_step
+    from xwin.train.dpo_config import DpoConfig
     from xwin.train.launch import init_distributed, locate_process
     from xwin.train.loop import TrainTask, train
     from xwin.train.pairs import PairCollator, tokenize_pairs
     from xwin.train.sft import sft_step
+    from xwin.train.sft_config import SftConfig
 
     place = locate_process({})
     device = init_distributed(place)

@@ -14,6 +14,7 @@ from xwin.controller.cli import register as register_controller
 from xwin.data.cli import app as data_app
 from xwin.k8s.cli import register as register_k8s
 from xwin.models.cli import app as model_app
+from xwin.stages.registry import STAGE_NAMES
 
 app = typer.Typer(
     help="The Xwin-LM alignment recipe (SFT -> RM -> best-of-N -> RS -> DPO -> eval) as a batch "
@@ -29,7 +30,7 @@ app.add_typer(artifacts_app, name="artifacts", help="Commit, fetch and list arti
 
 @app.command()
 def stage(
-    name: str = typer.Argument(..., help="prepare, sft, rm, sample, score, select, rs, dpo, eval, annotate"),
+    name: str = typer.Argument(..., help=", ".join(STAGE_NAMES)),
     config: Path = typer.Option(..., "--config", "-c", help="the stage spec (YAML)"),
     shard: str | None = typer.Option(None, help="i/K: this process's shard; default from JOB_COMPLETION_INDEX"),
 ) -> None:

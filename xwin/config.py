@@ -1,6 +1,7 @@
 """The pipeline config: a YAML file, overridden by XWIN_* environment variables, overridden by
-`--set section.field=value`. One section per stage; each stage owns its section's model next to
-the code that reads it (as TRL keeps `dpo_config.py` beside `dpo_trainer.py`).
+`--set section.field=value`. Sections `run`, `store` and `executor`, then one section per row of
+the stage table, typed by the row's config class (kept beside the code that reads it, as TRL
+keeps `dpo_config.py` beside `dpo_trainer.py`).
 
     XWIN_SFT__LEARNING_RATE=2e-5 xwin run examples/demo-cpu.yaml --set dpo.beta=0.2
 """
@@ -11,23 +12,14 @@ import contextvars
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 from xwin.artifacts.config import StoreConfig
 from xwin.core.config import StrictModel, format_validation_error, load_yaml, parse_overrides
 from xwin.core.errors import ConfigError
 from xwin.k8s.settings import KubernetesConfig
-from xwin.stages.annotate import AnnotateConfig
-from xwin.stages.dpo import DpoConfig
-from xwin.stages.eval import EvalConfig
-from xwin.stages.prepare import PrepareConfig
-from xwin.stages.rm import RmConfig
-from xwin.stages.rs import RsConfig
-from xwin.stages.sample import SampleConfig
-from xwin.stages.score import ScoreConfig
-from xwin.stages.select import SelectConfig
-from xwin.stages.sft import SftConfig
+from xwin.stages.registry import STAGES
 
 __all__ = ["ConfigError", "PipelineConfig", "RunConfig", "ExecutorConfig", "load_config"]
 
@@ -71,7 +63,9 @@ class ExecutorConfig(StrictModel):
 _yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("xwin_yaml", default=None)
 
 
-class PipelineConfig(BaseSettings):
+class _PipelineSettings(BaseSettings):
+    """The sections every pipeline has; `PipelineConfig` adds one per stage."""
+
     model_config = SettingsConfigDict(
         env_prefix="XWIN_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
     )
@@ -79,16 +73,6 @@ class PipelineConfig(BaseSettings):
     run: RunConfig = Field(default_factory=RunConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
-    sft: SftConfig = Field(default_factory=SftConfig)
-    rm: RmConfig = Field(default_factory=RmConfig)
-    sample: SampleConfig = Field(default_factory=SampleConfig)
-    score: ScoreConfig = Field(default_factory=ScoreConfig)
-    select: SelectConfig = Field(default_factory=SelectConfig)
-    rs: RsConfig = Field(default_factory=RsConfig)
-    dpo: DpoConfig = Field(default_factory=DpoConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_):
@@ -97,6 +81,16 @@ class PipelineConfig(BaseSettings):
         if (path := _yaml_file.get()) is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+
+# One section per stage, in pipeline order: `config.sft`, `config.dpo.beta`, ...
+PipelineConfig = create_model(
+    "PipelineConfig",
+    __base__=_PipelineSettings,
+    __doc__="The whole pipeline config: run, store, executor and one section per stage.",
+    **{stage.name: (stage.config, Field(default_factory=stage.config, description=stage.summary))
+       for stage in STAGES},
+)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:

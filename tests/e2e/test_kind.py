@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from xwin.k8s import tools
-from xwin.stages import STAGE_NAMES
+from xwin.stages.registry import STAGE_NAMES
 
 pytestmark = pytest.mark.e2e
 

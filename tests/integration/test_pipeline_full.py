@@ -12,7 +12,7 @@ from pipeline_helpers import explain, records, tiny_config, xwin
 from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.factory import open_store
 from xwin.controller.graph import OPTIONAL_STAGES
-from xwin.stages import STAGE_NAMES
+from xwin.stages.registry import STAGE_NAMES
 
 TRAIN = {"max_steps": 2, "micro_batch_size": 1, "gradient_accumulation_steps": 1,
          "max_length": 256, "zero_stage": 0, "gradient_checkpointing": False, "bf16": False,

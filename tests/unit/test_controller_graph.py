@@ -13,7 +13,7 @@ from xwin.artifacts.stage_io import part_key
 from xwin.config import load_config
 from xwin.controller.graph import DEFAULT_EDGES, OPTIONAL_STAGES, make_plan
 from xwin.core.errors import ConfigError
-from xwin.stages import STAGE_NAMES
+from xwin.stages.registry import STAGE_NAMES
 
 DEFAULT_STAGES = [s for s in STAGE_NAMES if s not in OPTIONAL_STAGES]
 

@@ -23,13 +23,15 @@ from xwin.config import load_config
 from xwin.controller.graph import make_plan
 from xwin.controller import pipeline, report  # noqa: F401  (the run loop and the report)
 from xwin.k8s import executor  # noqa: F401
-from xwin.stages import STAGE_NAMES, stage_module
+from xwin.stages.registry import STAGES
 
 config = load_config("examples/demo-cpu.yaml")
 with tempfile.TemporaryDirectory() as root:
     make_plan(config, open_store(StoreConfig(root=root)))
-for name in STAGE_NAMES:
-    stage_module(name)
+for stage in STAGES:  # every config class, and the modules of the non-training stages
+    stage.config()
+    if stage.entry.startswith("xwin.stages."):
+        __import__(stage.entry.partition(":")[0])
 for args in (["--help"], ["render", "examples/cluster-7b.yaml"]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (args, result.output)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from xwin.core.errors import ConfigError
-from xwin.k8s.profiles import DEFAULT_KINDS, load_profiles
-from xwin.stages import STAGE_NAMES
+from xwin.k8s.profiles import load_profiles
+from xwin.stages.registry import STAGE_NAMES, STAGES
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 
@@ -32,7 +32,7 @@ def test_overrides_replace_single_fields_and_keep_the_rest():
 
 def test_a_missing_folder_means_defaults():
     profiles = load_profiles("/nonexistent/jobs")
-    assert {s: p.kind for s, p in profiles.items()} == DEFAULT_KINDS
+    assert {s: p.kind for s, p in profiles.items()} == {stage.name: stage.kind for stage in STAGES}
 
 
 def test_an_override_for_an_unknown_stage_is_an_error():

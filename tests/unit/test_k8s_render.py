@@ -19,7 +19,7 @@ from xwin.k8s.naming import job_name, run_label
 from xwin.k8s.profiles import load_profiles
 from xwin.k8s.render import SPEC_PATH, render_stage
 from xwin.k8s.settings import KubernetesConfig
-from xwin.stages import STAGE_NAMES
+from xwin.stages.registry import STAGE_NAMES
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 K8S_VERSION = "1.33.0"

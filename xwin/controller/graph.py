@@ -15,44 +15,23 @@ user (`run.artifacts`), or is left out; it never touches a process.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import xwin
-from xwin.core.digests import digest
+from xwin.artifacts.stage_io import part_key
+from xwin.core.digests import digest, fingerprint_path
 from xwin.core.errors import ConfigError
-from xwin.stages import STAGE_NAMES, stage_module
+from xwin.stages.registry import STAGE_NAMES, STAGES, default_wiring, stage_def
 
 # Where each input of each stage comes from: "<stage>" (its whole output) or
-# "<stage>#<path inside it>". The names on the left are the stage modules' INPUTS.
-DEFAULT_EDGES: dict[str, dict[str, str]] = {
-    "prepare": {},
-    "sft": {"model": "prepare#base_model", "train": "prepare#sft.jsonl"},
-    "rm": {"model": "sft", "train": "prepare#pairs.jsonl"},
-    "sample": {"model": "sft", "prompts": "prepare#prompts.jsonl"},
-    "score": {"reward_model": "rm", "samples": "sample"},
-    "select": {"scored": "score"},
-    "rs": {"model": "sft", "train": "select#rs.jsonl"},
-    "dpo": {"model": "rs", "train": "select#dpo.jsonl"},
-    "eval": {
-        "sft": "sft",
-        "rs": "rs",
-        "dpo": "dpo",
-        "reward_model": "rm",
-        "mtbench": "prepare#mtbench.jsonl",
-        "prompts": "prepare#eval_prompts.jsonl",
-        "judge": "prepare#base_model",  # the demo's small local judge; hosted: eval.judge.base_url
-    },
-    # Judge-labelled pairs from the Xwin-Set responses; `run.inputs: {rm.train:
-    # annotate#pairs.jsonl}` trains the RM on them.
-    "annotate": {"samples": "sample", "judge": "prepare#base_model"},
-}
+# "<stage>#<path inside it>"; the stage table's default wiring, rewired by `run.inputs`.
+DEFAULT_EDGES: dict[str, dict[str, str]] = default_wiring()
 
 # Stages a plain `xwin run` runs; the others run when named (`--only annotate`) or when an
 # input is wired to them (`run.inputs: {rm.train: annotate#pairs.jsonl}`).
-OPTIONAL_STAGES = frozenset({"annotate"})
+OPTIONAL_STAGES = frozenset(stage.name for stage in STAGES if stage.optional)
 
 Decision = Literal["run", "cached", "supplied", "skipped"]
 
@@ -103,27 +82,8 @@ def edges_for(overrides: dict[str, str]) -> dict[str, dict[str, str]]:
 
 def code_version(stage: str) -> str:
     """Part of every key: a release that changes what a stage computes bumps the package
-    version or the stage module's CODE_VERSION."""
-    return f"{xwin.__version__}:{getattr(stage_module(stage), 'CODE_VERSION', '1')}"
-
-
-def fingerprint_path(path: Path) -> dict[str, Any]:
-    """A cheap identity of a local file or folder (names, sizes, mtimes): a user-supplied path
-    that changes gets a new digest without hashing gigabytes on every plan."""
-    path = Path(path)
-    if path.is_file():
-        st = path.stat()
-        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if path.is_dir():
-        files = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                st = (Path(dirpath) / name).stat()
-                rel = (Path(dirpath) / name).relative_to(path).as_posix()
-                files.append((rel, st.st_size, st.st_mtime_ns))
-        return {"path": str(path.resolve()), "files": digest(files)}
-    return {"missing": str(path)}
+    version or the stage's code_version in the stage table."""
+    return f"{xwin.__version__}:{stage_def(stage).code_version}"
 
 
 def external_digest(ref: str, store) -> str:
@@ -153,17 +113,17 @@ def _stage_config(config, name: str) -> dict[str, Any]:
 
 
 def _key_config(name: str, stage_config: dict[str, Any]) -> dict[str, Any]:
-    """The config fields that decide a stage's output (a module may list NOT_IN_KEY fields, such
-    as logging intervals, whose change should not rerun it)."""
-    ignored = set(getattr(stage_module(name), "NOT_IN_KEY", ()))
+    """The config fields that decide a stage's output (its row may list fields, such as logging
+    intervals, whose change should not rerun it)."""
+    ignored = stage_def(name).not_in_key
     return {k: v for k, v in stage_config.items() if k not in ignored}
 
 
 def _stage_source_fingerprint(name: str, stage_config) -> Any:
     """Raw sources a stage reads through its config rather than through inputs (the prepare
-    stage's base model and data files); the module's `fingerprint(config)` says what they are."""
-    fingerprint = getattr(stage_module(name), "fingerprint", None)
-    return fingerprint(stage_config) if fingerprint else None
+    stage's base model and data files); the row's `sources(config)` says what they are."""
+    sources = stage_def(name).sources
+    return sources(stage_config) if sources else None
 
 
 def stage_order(selected: set[str], edges: dict[str, dict[str, str]]) -> list[str]:
@@ -204,8 +164,8 @@ def window(config, edges: dict[str, dict[str, str]]) -> set[str]:
     come after rm in the default order."""
     run = config.run
     for name in [*run.only, run.start_from, run.until]:
-        if name is not None and name not in STAGE_NAMES:
-            raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
+        if name is not None:
+            stage_def(name)  # an unknown name is an error that lists the stages
     wired = {split_source(src)[0] for ins in edges.values() for src in ins.values()}
     if run.only:
         return set(run.only)
@@ -232,7 +192,7 @@ def make_plan(config, store, shards: dict[str, int] | None = None,
     selected = window(config, edges)
     for name in config.run.artifacts:
         if name not in STAGE_NAMES:
-            raise ConfigError(f"run.artifacts: unknown stage {name!r}")
+            raise ConfigError(f"run.artifacts: unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
     # Everything the selected stages need, transitively, must get a key.
     needed = set(selected)
     frontier = list(selected)
@@ -316,8 +276,6 @@ def make_plan(config, store, shards: dict[str, int] | None = None,
 
 def is_committed(store, key: str, shards: int = 1) -> bool:
     """A stage is done when its artifact (or every one of its shards) is committed."""
-    from xwin.artifacts.stage_io import part_key
-
     if shards <= 1:
         return store.exists(key)
     return all(store.exists(part_key(key, i, shards)) for i in range(shards))

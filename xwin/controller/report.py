@@ -25,11 +25,12 @@ from typing import Any
 from xwin.controller.progress import format_seconds, key_metrics
 from xwin.controller.state import RunRecord, RunStore
 from xwin.core.plots import new_figure, save_figure
+from xwin.stages.registry import STAGES
 
 log = logging.getLogger(__name__)
 
-TRAINING_STAGES = ("sft", "rm", "rs", "dpo")
-MODEL_STAGES = ("sft", "rs", "dpo")
+TRAINING_STAGES = tuple(stage.name for stage in STAGES if stage.trains)
+MODEL_STAGES = tuple(stage.name for stage in STAGES if stage.output == "model")  # policies
 
 
 def _fetch(store, key: str) -> Path | None:

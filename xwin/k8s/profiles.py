@@ -14,25 +14,9 @@ from pydantic import ValidationError
 from xwin.controller.executor import JobProfile
 from xwin.core.config import format_validation_error, load_yaml
 from xwin.core.errors import ConfigError
-from xwin.stages import STAGE_NAMES
+from xwin.stages.registry import STAGE_NAMES, stage_def
 
 log = logging.getLogger(__name__)
-
-# How each stage runs when its profile does not say: training stages are gangs of ranks,
-# sampling and scoring are sharded, the rest are one small pod.
-DEFAULT_KINDS: dict[str, str] = {
-    "prepare": "single",
-    "sft": "train",
-    "rm": "train",
-    "sample": "sharded",
-    "score": "sharded",
-    "select": "single",
-    "rs": "train",
-    "dpo": "train",
-    "eval": "single",
-    "annotate": "single",
-}
-
 
 def load_profiles(
     profiles_dir: str | Path | None = None,
@@ -60,7 +44,7 @@ def load_profiles(
                               f"{', '.join(STAGE_NAMES)}")
     profiles = {}
     for stage in STAGE_NAMES:
-        fields: dict[str, Any] = {"kind": DEFAULT_KINDS[stage]}
+        fields: dict[str, Any] = {"kind": stage_def(stage).kind}
         source = "defaults"
         if folder is not None and (path := folder / f"{stage}.yaml").exists():
             fields.update(load_yaml(path))

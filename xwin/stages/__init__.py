@@ -1,17 +1,15 @@
-"""The Xwin-LM stages. Each module defines a typed `Config`-style model, the names of its
-`INPUTS`, and `run(config, ctx) -> metrics`; `xwin stage NAME --config FILE` is the only way
-they are started, locally or in a Kubernetes Job."""
+"""The Xwin-LM stages: the stage table and one module per stage that is not a trainer.
 
-from __future__ import annotations
+    registry.py    the stage table: one row per stage (config, entry point, inputs, kind, image)
+    runner.py      `xwin stage NAME --config SPEC`: the one way a stage starts, anywhere
+    prepare.py     the run's base model and data, imported into the store
+    sample.py      N distinct responses per prompt (the Xwin-Set before scoring)
+    score.py       the reward model scores every response
+    select.py      best-of-N for rs, ranked pairs for dpo
+    eval.py        judged benchmarks and RM scores of every model
+    annotate.py    judge-labelled preference pairs (Xwin-Pair)
 
-import importlib
-from types import ModuleType
-
-# Pipeline order. `prepare` imports the run's raw sources (base model, data) into the store.
-STAGE_NAMES = ("prepare", "sft", "rm", "sample", "score", "select", "rs", "dpo", "eval", "annotate")
-
-
-def stage_module(name: str) -> ModuleType:
-    if name not in STAGE_NAMES:
-        raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
-    return importlib.import_module(f"xwin.stages.{name}")
+The training stages (sft, rs, rm, dpo) live in `xwin.train`, each trainer with its torch-free
+config beside it. Every stage module defines its config and `run(config, ctx) -> metrics`, and
+is torch-free at import: the controller reads the configs, only the stage process runs them.
+"""

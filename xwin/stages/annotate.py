@@ -30,9 +30,6 @@ from xwin.sampling.generation import EngineOptions, GenerationParams
 
 log = logging.getLogger(__name__)
 
-# `responses` (multiwise records; the controller calls the sample stage's output `samples`), or
-# `prompts` + `model` to sample from; `judge`: the judge model for a local server.
-INPUTS: tuple[str, ...] = ("responses", "samples", "prompts", "model", "judge")
 
 
 class AnnotateConfig(StrictModel):

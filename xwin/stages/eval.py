@@ -38,9 +38,7 @@ log = logging.getLogger(__name__)
 
 # Input names with a fixed meaning; every other input is a model under evaluation, labelled by
 # its name (`model:sft` and the controller's plain `sft` both give the label "sft").
-INPUTS: tuple[str, ...] = (
-    "model:<label>", "judge", "mtbench", "alpaca", "reference", "prompts", "reward_model")
-RESERVED_INPUTS = frozenset(INPUTS[1:])
+RESERVED_INPUTS = frozenset({"judge", "mtbench", "alpaca", "reference", "prompts", "reward_model"})
 
 
 class MtBenchConfig(StrictModel):

@@ -38,7 +38,6 @@ from xwin.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
-INPUTS: tuple[str, ...] = ()  # raw sources come from the config (see fingerprint())
 STAND_IN_SOURCE = "demo-stand-in"
 
 

@@ -32,8 +32,6 @@ from xwin.sampling.generation import context_limit
 
 log = logging.getLogger(__name__)
 
-INPUTS: tuple[str, ...] = ("model", "prompts")
-
 SAMPLES_FILE = "samples.jsonl"
 PARTIAL_FILE = "samples.partial.jsonl"
 

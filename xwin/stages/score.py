@@ -31,8 +31,6 @@ from xwin.data.templating import tokenize_prompt_and_reply
 
 log = logging.getLogger(__name__)
 
-INPUTS: tuple[str, ...] = ("reward_model", "samples")
-
 SCORED_FILE = "scored.jsonl"
 PARTIAL_FILE = "scored.partial.jsonl"
 

@@ -35,8 +35,6 @@ from xwin.data.selection import (
     summary,
 )
 
-INPUTS: tuple[str, ...] = ("scored",)
-
 
 class SelectConfig(StrictModel):
     rs_min_score: float | None = Field(

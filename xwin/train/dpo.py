@@ -1,5 +1,15 @@
-"""The DPO trainer (stage `dpo`): policy against reference log-probs, precomputed once or from a
-frozen copy run beside the policy."""
+"""Stage `dpo`: Direct Preference Optimization (Xwin-LM-DPO) from the RS (or SFT) model against a
+frozen reference copy of it, on the chosen/rejected pairs the select stage drew from Xwin-Set.
+
+Reference log-probs: `precompute` (default) runs the starting model over every pair once, before
+the first step (when policy and reference are the same weights), and keeps the numbers; no
+second model in memory. They are cached in the workdir keyed by the model, the data and the
+max length, and written to the output as reference_logps.json. `online` keeps a frozen copy and
+runs it beside the policy at every step (needed when the reference differs from the start).
+Sequence log-probs sum the reply's tokens only (IPO: their mean).
+
+Inputs: `model` (HF folder) and `train` (PreferencePair JSONL). Output: an HF folder.
+Config: `dpo_config.py` (torch-free, read by the controller)."""
 
 from __future__ import annotations
 
@@ -14,20 +24,19 @@ from xwin.core.digests import digest
 from xwin.core.files import atomic_file
 from xwin.data.dataset import pad_token_id
 from xwin.models.loading import load_causal_lm, load_tokenizer
-from xwin.stages.dpo import DpoConfig
-from xwin.train.data import eval_rank_batches
 from xwin.train.deepspeed_setup import build_frozen_engine, load_dtype, sharded_model_init
+from xwin.train.dpo_config import DpoConfig
 from xwin.train.harness import (
     checkpoints_for,
     export_causal_lm,
     finish,
-    flat_metrics,
     input_fingerprint,
     metrics_path,
     read_training_pairs,
+    run_distributed,
 )
 from xwin.train.launch import ProcessPlace
-from xwin.train.loop import TrainTask, to_device, train
+from xwin.train.loop import TrainTask, gather_per_example, train
 from xwin.train.losses import dpo_loss, reply_labels, token_logps
 from xwin.train.pairs import PairCollator, PairExample
 
@@ -41,24 +50,16 @@ def reply_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     return logps.sum(-1), counted.sum(-1)
 
 
-@torch.no_grad()
 def compute_reference_logps(model, pairs: list[PairExample], collate, micro_batch_size: int,
                             place: ProcessPlace, device) -> torch.Tensor:
-    """[pairs, 2] summed reply log-probs (chosen, rejected); each rank does its share."""
-    model.eval()
-    local = []
-    for slots in eval_rank_batches(len(pairs), micro_batch_size, place.world_size, place.rank):
-        real = [pairs[i] for i in slots if i >= 0]
-        sums, _ = reply_logps(model, to_device(collate(real or pairs[:1]), device))
-        n = len(real or pairs[:1])
-        local += [(p.index, c, r) for p, c, r in zip(real, sums[:n].tolist(), sums[n:].tolist())]
-    everything: list = [None] * place.world_size
-    dist.all_gather_object(everything, local)
-    model.train()
-    table = torch.full((len(pairs), 2), float("nan"))
-    for index, chosen, rejected in (x for part in everything for x in part):
-        table[index] = torch.tensor([chosen, rejected])
-    return table
+    """[pairs, 2] summed reply log-probs (chosen, rejected), computed by all ranks."""
+    def per_batch(model, batch):
+        sums, _ = reply_logps(model, batch)
+        n = batch["pair_index"].shape[0]
+        return list(zip(sums[:n].tolist(), sums[n:].tolist()))
+
+    rows = gather_per_example(model, pairs, collate, micro_batch_size, place, device, per_batch)
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(pairs), 2)
 
 
 class PrecomputedReference:
@@ -168,7 +169,10 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
                 {"pair_index_is": "position among usable pairs of input 'train'",
                  "chosen": table[:, 0].tolist(), "rejected": table[:, 1].tolist()}))
 
-    metrics = flat_metrics(**{"": {**result.metrics, **extra}}, data=report,
-                           split={"train": len(train_ids), "eval": len(eval_ids)})
-    metrics["world_size"] = place.world_size
-    return finish(ctx, place, checkpoints, write, metrics)
+    return finish(ctx, place, checkpoints, write, {**result.metrics, **extra}, data=report,
+                  split=(len(train_ids), len(eval_ids)))
+
+
+def run(config: DpoConfig, ctx: StageContext) -> dict[str, float]:
+    """The entry point of `xwin stage dpo`."""
+    return run_distributed(ctx, lambda place, device: train_dpo(config, ctx, place, device))

@@ -1,9 +1,9 @@
-"""What every training stage does around the loop: join the process group (or start this node's
-workers), read its inputs, and export + commit the trained model once, from rank 0."""
+"""What every training stage (`sft`, `rs`, `rm`, `dpo`) does around the shared loop: join the
+process group (or start this node's workers), read its inputs, and the one trainer tail: the
+manifest's metrics, the output folder written atomically and committed once, from rank 0."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -14,6 +14,7 @@ import torch
 
 from xwin.artifacts.folders import write_folder_atomically
 from xwin.artifacts.stage_io import StageContext
+from xwin.core.digests import digest, fingerprint_path
 from xwin.core.errors import UserError
 from xwin.data.io import read_records
 from xwin.train.checkpoint import Checkpoints, gathered_state_dict
@@ -81,13 +82,9 @@ def input_fingerprint(ctx: StageContext, name: str) -> str:
     """Identifies an input's content cheaply: the commit id of an artifact, else the names, sizes
     and modification times of a local path's files."""
     ref = ctx.spec.inputs[name]
-    key = ref.partition("#")[0]
-    if (manifest := ctx.store.manifest(key)) is not None:
+    if (manifest := ctx.store.manifest(ref.partition("#")[0])) is not None:
         return f"{ref}@{manifest.commit_id}"
-    path = Path(ref)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    blob = "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files if p.exists())
-    return f"{ref}@{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    return f"{ref}@{digest(fingerprint_path(Path(ref)))}"
 
 
 def flat_metrics(**groups: dict[str, Any]) -> dict[str, float]:
@@ -119,9 +116,14 @@ def export_causal_lm(result: TrainResult, zero_stage: int, place: ProcessPlace,
 
 
 def finish(ctx: StageContext, place: ProcessPlace, checkpoints: Checkpoints | None,
-           write_output: Callable[[Path], None], metrics: dict[str, float]) -> dict[str, float]:
-    """Rank 0 writes the output folder atomically (with metrics.jsonl), commits it, and the run's
-    checkpoints are deleted; every rank returns the metrics."""
+           write_output: Callable[[Path], None], metrics: dict[str, Any], *, data: dict[str, Any],
+           split: tuple[int, int]) -> dict[str, float]:
+    """The trainer tail. `metrics`: the run's numbers (the loop's and the trainer's own); `data`:
+    the input report (kept, dropped); `split`: (train, eval) examples. Rank 0 writes the output
+    folder atomically (with metrics.jsonl) and commits it, the run's checkpoints are deleted, and
+    every rank returns the flat metrics the manifest holds."""
+    metrics = flat_metrics(**{"": metrics}, data=data, split={"train": split[0], "eval": split[1]})
+    metrics["world_size"] = place.world_size
     if place.is_main:
         out_dir = ctx.workdir / "output"
 

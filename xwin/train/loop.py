@@ -133,6 +133,30 @@ def evaluate(engine, task: TrainTask, config: TrainConfig, place: ProcessPlace,
     return {f"eval_{k}": v / totals[-1] for k, v in zip(keys, totals)}
 
 
+@torch.no_grad()
+def gather_per_example(model, examples: Sequence[Any], collate: Callable[[list[Any]], Batch],
+                       micro_batch_size: int, place: ProcessPlace, device: torch.device,
+                       per_batch: Callable[[Any, Batch], Sequence[Any]]) -> list[Any]:
+    """One value per example, computed by `per_batch(model, batch)` (a value per example of the
+    batch, in order): each rank runs its share, and every rank gets every value back in the order
+    of `examples` (the RM's held-out rewards, DPO's reference log-probs). A rank with nothing
+    left still runs a forward: ZeRO-3 gathers weights collectively."""
+    was_training = model.training
+    model.eval()
+    local: list[tuple[int, Any]] = []
+    for slots in eval_rank_batches(len(examples), micro_batch_size, place.world_size, place.rank):
+        real = [i for i in slots if i >= 0]
+        batch = to_device(collate([examples[i] for i in real] or [examples[0]]), device)
+        local += zip(real, per_batch(model, batch))  # a filler batch's values are dropped
+    everything: list = [None] * place.world_size
+    dist.all_gather_object(everything, local)
+    model.train(was_training)
+    values: list[Any] = [None] * len(examples)
+    for index, value in (item for part in everything for item in part):
+        values[index] = value
+    return values
+
+
 class MetricsLog:
     """metrics.jsonl, written by rank 0 only; each record appended and flushed at once."""
 

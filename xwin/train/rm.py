@@ -1,32 +1,36 @@
-"""The reward-model trainer (stage `rm`): Bradley-Terry loss on both replies of a pair in one
-forward pass, then held-out pairwise accuracy and reward statistics."""
+"""Stage `rm`: the reward model (Xwin-RM). The body of a language model with a scalar value head,
+trained on preference pairs with the Bradley-Terry loss; both replies of a pair go through one
+forward pass. Multi-turn contexts are kept (the oldest turns give way when too long).
+
+Inputs: `model` (HF folder: the SFT model or the base) and `train` (PreferencePair JSONL).
+Output: a reward-model folder (`xwin.models.reward.load_reward_model` loads it) with held-out
+pairwise accuracy and reward statistics in its metrics.
+Config: `rm_config.py` (torch-free, read by the controller)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.distributed as dist
 
 from xwin.artifacts.stage_io import StageContext
 from xwin.data.dataset import pad_token_id
 from xwin.models.loading import load_tokenizer
 from xwin.models.reward import RewardModel
-from xwin.stages.rm import RmConfig
 from xwin.train.checkpoint import gathered_state_dict
-from xwin.train.data import eval_rank_batches
 from xwin.train.deepspeed_setup import load_dtype, sharded_model_init
 from xwin.train.harness import (
     checkpoints_for,
     finish,
-    flat_metrics,
     metrics_path,
     read_training_pairs,
+    run_distributed,
 )
 from xwin.train.launch import ProcessPlace
-from xwin.train.loop import TrainTask, to_device, train
+from xwin.train.loop import TrainTask, gather_per_example, train
 from xwin.train.losses import bradley_terry_loss
 from xwin.train.pairs import PairCollator, PairExample
+from xwin.train.rm_config import RmConfig
 
 
 def rewards_of(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,20 +54,14 @@ def make_rm_step(use_score_margin: bool):
     return rm_step
 
 
-@torch.no_grad()
 def held_out_rewards(engine, pairs: list[PairExample], collate, micro_batch_size: int, place: ProcessPlace,
                      device) -> list[tuple[float, float]]:
-    """(chosen, rejected) reward of every held-out pair, gathered from all ranks."""
-    engine.eval()
-    local: list[tuple[int, float, float]] = []
-    for slots in eval_rank_batches(len(pairs), micro_batch_size, place.world_size, place.rank):
-        real = [pairs[i] for i in slots if i >= 0]
-        chosen, rejected = rewards_of(engine, to_device(collate(real or pairs[:1]), device))
-        local += [(p.index, c, r) for p, c, r in zip(real, chosen.tolist(), rejected.tolist())]
-    everything: list = [None] * place.world_size
-    dist.all_gather_object(everything, local)
-    engine.train()
-    return [(c, r) for _, c, r in sorted(x for part in everything for x in part)]
+    """(chosen, rejected) reward of every held-out pair, computed by all ranks."""
+    def per_batch(model, batch):
+        chosen, rejected = rewards_of(model, batch)
+        return list(zip(chosen.tolist(), rejected.tolist()))
+
+    return gather_per_example(engine, pairs, collate, micro_batch_size, place, device, per_batch)
 
 
 def reward_statistics(rewards: list[tuple[float, float]]) -> dict[str, float]:
@@ -111,7 +109,10 @@ def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace,
         info = {"max_length": config.max_length, **{k: v for k, v in stats.items() if k.startswith("eval_reward_")}}
         result.engine.module.save(folder, tokenizer, state_dict=state, info=info)
 
-    metrics = flat_metrics(**{"": {**result.metrics, **stats}}, data=report,
-                           split={"train": len(train_ids), "eval": len(eval_ids)})
-    metrics["world_size"] = place.world_size
-    return finish(ctx, place, checkpoints, write, metrics)
+    return finish(ctx, place, checkpoints, write, {**result.metrics, **stats}, data=report,
+                  split=(len(train_ids), len(eval_ids)))
+
+
+def run(config: RmConfig, ctx: StageContext) -> dict[str, float]:
+    """The entry point of `xwin stage rm`."""
+    return run_distributed(ctx, lambda place, device: train_reward_model(config, ctx, place, device))

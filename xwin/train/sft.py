@@ -1,6 +1,11 @@
-"""The SFT trainer (stages `sft` and `rs`): token cross-entropy on assistant tokens through the
-shared loop. The stage modules hold the configs; this module is imported by the stage process
-only, so the controller never needs torch."""
+"""Stages `sft` and `rs`: supervised finetuning on multi-turn conversations, loss on assistant
+tokens only (Xwin-LM-SFT); rs is rejection-sampling finetuning (Xwin-LM-RS), the same code on
+the conversations the select stage built from each prompt's best-of-N response.
+
+Inputs: `model` (HF folder: the base model for sft, the SFT model for rs) and `train`
+(conversations JSONL: a file, a folder or a sharded artifact). Output: an HF folder
+(safetensors + tokenizer + metrics.jsonl). Configs: `sft_config.py` (torch-free, read by the
+controller); this module is imported by the stage process only."""
 
 from __future__ import annotations
 
@@ -17,13 +22,14 @@ from xwin.train.harness import (
     checkpoints_for,
     export_causal_lm,
     finish,
-    flat_metrics,
     metrics_path,
     read_input_records,
+    run_distributed,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, train
 from xwin.train.losses import sft_loss
+from xwin.train.sft_config import RsConfig, SftConfig
 
 
 def sft_step(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -66,10 +72,10 @@ def finetune(config: TrainConfig, ctx: StageContext, place: ProcessPlace, device
     checkpoints = checkpoints_for(ctx, place)
     result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
     write = export_causal_lm(result, config.zero_stage, place, tokenizer)
-    metrics = flat_metrics(
-        **{"": result.metrics},
-        data=report.as_dict(),
-        split={"train": len(train_ids), "eval": len(eval_ids)},
-    )
-    metrics["world_size"] = place.world_size
-    return finish(ctx, place, checkpoints, write, metrics)
+    return finish(ctx, place, checkpoints, write, result.metrics, data=report.as_dict(),
+                  split=(len(train_ids), len(eval_ids)))
+
+
+def run(config: SftConfig | RsConfig, ctx: StageContext) -> dict[str, float]:
+    """The entry point of both stages (`xwin stage sft|rs`)."""
+    return run_distributed(ctx, lambda place, device: finetune(config, ctx, place, device))

@@ -1,15 +1,5 @@
-"""Stage `dpo`: Direct Preference Optimization (Xwin-LM-DPO) from the RS (or SFT) model against a
-frozen reference copy of it, on the chosen/rejected pairs the select stage drew from Xwin-Set.
-
-Reference log-probs: `precompute` (default) runs the starting model over every pair once, before
-the first step (when policy and reference are the same weights), and keeps the numbers; no
-second model in memory. They are cached in the workdir keyed by the model, the data and the
-max length, and written to the output as reference_logps.json. `online` keeps a frozen copy and
-runs it beside the policy at every step (needed when the reference differs from the start).
-Sequence log-probs sum the reply's tokens only (IPO: their mean).
-
-Inputs: `model` (HF folder) and `train` (PreferencePair JSONL). Output: an HF folder.
-"""
+"""Config of the `dpo` stage, trained by `xwin.train.dpo`. No torch here: the controller reads
+it to plan a run."""
 
 from __future__ import annotations
 
@@ -17,10 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.artifacts.stage_io import StageContext
 from xwin.train.config import TrainConfig
-
-INPUTS: tuple[str, ...] = ("model", "train")
 
 
 class DpoConfig(TrainConfig):
@@ -43,11 +30,3 @@ class DpoConfig(TrainConfig):
     reference: Literal["precompute", "online"] = Field(
         "precompute", description="precompute reference log-probs once (less memory) or run a frozen copy"
     )
-
-
-def run(config: DpoConfig, ctx: StageContext) -> dict[str, float]:
-    # imported here: the controller reads this module's config without torch
-    from xwin.train.dpo import train_dpo
-    from xwin.train.harness import run_distributed
-
-    return run_distributed(ctx, lambda plan, device: train_dpo(config, ctx, plan, device))

@@ -1,11 +1,5 @@
-"""Stage `rm`: the reward model (Xwin-RM). The body of a language model with a scalar value head,
-trained on preference pairs with the Bradley-Terry loss; both replies of a pair go through one
-forward pass. Multi-turn contexts are kept (the oldest turns give way when too long).
-
-Inputs: `model` (HF folder: the SFT model or the base) and `train` (PreferencePair JSONL).
-Output: a reward-model folder (`xwin.models.reward.load_reward_model` loads it) with held-out
-pairwise accuracy and reward statistics in its metrics.
-"""
+"""Config of the `rm` stage, trained by `xwin.train.rm`. No torch here: the controller reads it
+to plan a run."""
 
 from __future__ import annotations
 
@@ -13,10 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from xwin.artifacts.stage_io import StageContext
 from xwin.train.config import TrainConfig
-
-INPUTS: tuple[str, ...] = ("model", "train")
 
 
 class RmConfig(TrainConfig):
@@ -33,11 +24,3 @@ class RmConfig(TrainConfig):
     use_score_margin: bool = Field(
         False, description="Llama-2 margin: subtract chosen_score - rejected_score inside the loss"
     )
-
-
-def run(config: RmConfig, ctx: StageContext) -> dict[str, float]:
-    # imported here: the controller reads this module's config without torch
-    from xwin.train.harness import run_distributed
-    from xwin.train.rm import train_reward_model
-
-    return run_distributed(ctx, lambda plan, device: train_reward_model(config, ctx, plan, device))
