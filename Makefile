@@ -41,8 +41,9 @@ test: install ## run the whole test suite, slow real-model tests included
 test-fast: install ## run the tests that use tiny models only
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## ruff
+lint: install ## ruff, and the import-layer contract (import-linter, pyproject.toml)
 	$(BIN)/ruff check xwin tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 bench: install ## run the benchmarks (installs TRL for the comparison)
 	$(BIN)/pip install --quiet $(PIP_ARGS) -e ".[cpu,dev,bench]"

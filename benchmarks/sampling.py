@@ -117,7 +117,7 @@ def load_benchmark_rm(model_dir: Path, dtype: str):
 def bench_scoring(name: str, model, tokenizer, pairs: list[tuple[list, str]], args) -> dict:
     """Sequences/s scoring (context, reply) pairs in length-sorted vs input-order batches."""
     from xwin.data.templating import tokenize_prompt_and_reply
-    from xwin.sampling.rewards import length_sorted_batches, score_sequences
+    from xwin.models.scoring import length_sorted_batches, score_sequences
 
     samples = [tokenize_prompt_and_reply(tokenizer, ctx, reply, args.score_max_length)
                for ctx, reply in pairs if reply.strip()]

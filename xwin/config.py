@@ -18,7 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettin
 from xwin.artifacts.config import StoreConfig
 from xwin.core.config import StrictModel, format_validation_error, load_yaml, parse_overrides
 from xwin.core.errors import ConfigError
-from xwin.k8s.settings import KubernetesConfig
+from xwin.executors.kubernetes.settings import KubernetesConfig
+from xwin.executors.profiles import DEFAULT_IMAGES
 from xwin.stages.registry import STAGES
 
 __all__ = ["ConfigError", "PipelineConfig", "RunConfig", "ExecutorConfig", "load_config"]
@@ -50,6 +51,10 @@ class ExecutorConfig(StrictModel):
     # folder, and `profiles` overrides single fields per stage.
     profiles_dir: Path = Path("jobs")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    images: dict[Literal["trainer", "sampler"], str] = Field(
+        default_factory=lambda: dict(DEFAULT_IMAGES),
+        description="the image of each role a stage's row names (trainer: torch + DeepSpeed, "
+        "sampler: vLLM); a profile's own `image` wins")
     local_parallel_shards: bool = Field(
         False, description="local: run shards of a sharded stage as parallel processes"
     )

@@ -15,10 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import k8s_tools as tools
 import pytest
 import yaml
 
-from xwin.k8s import tools
 from xwin.stages.registry import STAGE_NAMES
 
 pytestmark = pytest.mark.e2e

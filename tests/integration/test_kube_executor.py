@@ -15,12 +15,12 @@ from kubernetes import client as k8s
 from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.stage_io import StageSpec
 from xwin.config import ExecutorConfig
-from xwin.controller.executor import StageJob
-from xwin.k8s.executor import KubernetesExecutor
-from xwin.k8s.naming import job_name
-from xwin.k8s.profiles import load_profiles
-from xwin.k8s.render import render_stage
-from xwin.k8s.settings import KubernetesConfig
+from xwin.executors.base import StageJob
+from xwin.executors.kubernetes.executor import KubernetesExecutor
+from xwin.executors.kubernetes.naming import job_name
+from xwin.executors.kubernetes.render import render_stage
+from xwin.executors.kubernetes.settings import KubernetesConfig
+from xwin.executors.profiles import load_profiles
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
 NS = "xwin"

@@ -7,14 +7,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import k8s_tools as tools
 import pytest
 import yaml
 from kube_api_server import FakeKubeAPI
 from test_kube_executor import NS, SETTINGS, client_for, in_thread, stage_job, wait_for
 
-from xwin.k8s import tools
-from xwin.k8s.executor import KubernetesExecutor
-from xwin.k8s.naming import job_name
+from xwin.executors.kubernetes.executor import KubernetesExecutor
+from xwin.executors.kubernetes.naming import job_name
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from xwin.artifacts.config import StoreConfig
 from xwin.config import load_config
 from xwin.controller.graph import make_plan
 from xwin.controller import pipeline, report  # noqa: F401  (the run loop and the report)
-from xwin.k8s import executor  # noqa: F401
+from xwin.executors.kubernetes import executor  # noqa: F401
 from xwin.stages.registry import STAGES
 
 config = load_config("examples/demo-cpu.yaml")

@@ -12,10 +12,10 @@ import pytest
 from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.factory import open_store
 from xwin.artifacts.stage_io import StageSpec
-from xwin.controller.executor import JobProfile, StageJob
-from xwin.controller.local import job_processes, last_error
 from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, new_run_id
 from xwin.core.errors import UserError
+from xwin.executors.base import JobProfile, StageJob
+from xwin.executors.local import job_processes, last_error
 
 
 @pytest.fixture

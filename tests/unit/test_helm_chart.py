@@ -8,15 +8,16 @@ import json
 import subprocess
 from pathlib import Path
 
+import k8s_tools as tools
 import kubernetes_validate
 import pytest
 import yaml
 from test_k8s_manifests import CONTROLLER_RULES, assert_restricted, pod_specs, role_rules
 
 from xwin.config import load_config
-from xwin.k8s import tools
-from xwin.k8s.plan import planned_jobs
-from xwin.k8s.render import render_stage
+from xwin.controller.jobs import planned_jobs, profiles_for
+from xwin.executors.kubernetes.render import render_stage
+from xwin.stages.registry import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "xwin"
@@ -82,7 +83,8 @@ def test_default_values_render_valid_locked_down_objects(helm, tmp_path):
     assert (config.executor.kind, config.executor.namespace) == ("kubernetes", "ml")
     assert config.executor.kubernetes.service_account == "demo-xwin-stage"
     assert config.executor.kubernetes.s3_secret == "xwin-s3"
-    assert config.executor.profiles["sample"]["image"] == "xwin-sampler:dev"
+    assert config.executor.images == {"trainer": "xwin-trainer:dev", "sampler": "xwin-sampler:dev"}
+    assert profiles_for(config)["sample"].image == "xwin-sampler:dev"  # its row's image role
 
 
 def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path):
@@ -106,7 +108,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     job = next(o for o in objects if o["kind"] == "Job")
     pod = job["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
-    assert init["command"][:3] == ["python", "-m", "xwin.k8s.bucket"]
+    assert init["command"][:3] == ["python", "-m", "xwin.artifacts.bucket"]
     assert "http://demo-xwin-minio.ml.svc:9000" in init["command"]
     assert pod["containers"][0]["args"] == ["--until", "sft"]
     assert {"name": "work", "persistentVolumeClaim": {"claimName": "runs"}} in pod["volumes"]
@@ -115,8 +117,9 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     assert config.store.endpoint_url == "http://demo-xwin-minio.ml.svc:9000"
     assert config.executor.kubernetes.s3_secret == "demo-xwin-minio"
     assert config.executor.kubernetes.image_pull_secrets == ["regcred"]
-    assert config.executor.profiles["sft"] == {"image": "reg/xwin-trainer:0.1.0", "nodes": 2,
-                                                "nproc_per_node": 8, "gpus": 8, "shm_size": "64Gi"}
+    assert config.executor.profiles["sft"] == {"nodes": 2, "nproc_per_node": 8, "gpus": 8,
+                                                "shm_size": "64Gi"}
+    assert config.executor.images["sampler"] == "reg/xwin-sampler:0.1.0"
     # What the controller will create from it: valid stage Jobs with the chart's settings.
     stage_jobs = {j.stage: j for j in planned_jobs(config, "big-1")}
     for job in stage_jobs.values():
@@ -146,7 +149,7 @@ def test_bad_values_are_refused_with_a_message(helm, tmp_path, values, message):
 
 
 def test_values_schema_profiles_match_the_job_profile_model():
-    from xwin.controller.executor import JobProfile
+    from xwin.executors.base import JobProfile
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(schema["definitions"]["profile"]["properties"]) == set(JobProfile.model_fields)
@@ -157,3 +160,10 @@ def test_notes_tell_how_to_follow_the_run(helm):
     notes = done.stdout.split("NOTES:", 1)[1]
     assert "kubectl -n ml logs -f job/demo-xwin-controller" in notes
     assert "xwin status" in notes
+
+
+def test_the_schema_knows_exactly_the_stages_of_the_stage_table():
+    """The chart cannot read xwin/stages/registry.py: a stage added there must be added to the
+    `profiles` enum of values.schema.json too (in pipeline order), or helm refuses its profile."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["profiles"]["propertyNames"]["enum"] == list(STAGE_NAMES)

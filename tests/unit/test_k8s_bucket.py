@@ -1,4 +1,4 @@
-"""`python -m xwin.k8s.bucket`: makes the run's bucket on a fresh S3 endpoint (moto's server
+"""`python -m xwin.artifacts.bucket`: makes the run's bucket on a fresh S3 endpoint (moto's server
 over real HTTP), waiting for a server that is still starting."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from fixtures_s3 import REGION, aws_env, s3_server  # noqa: F401 (fixtures)
 
+from xwin.artifacts.bucket import ensure_bucket, main
 from xwin.core.net import free_port
-from xwin.k8s.bucket import ensure_bucket, main
 
 
 def test_creates_the_bucket_once(s3_server, aws_env, capsys):  # noqa: F811

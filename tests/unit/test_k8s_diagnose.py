@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from kubernetes import client as k8s
 
-from xwin.k8s.diagnose import (
+from xwin.executors.kubernetes.diagnose import (
     first_failure,
     job_failure,
     job_outcome,

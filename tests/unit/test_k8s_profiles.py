@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xwin.core.errors import ConfigError
-from xwin.k8s.profiles import load_profiles
+from xwin.executors.profiles import load_profiles
 from xwin.stages.registry import STAGE_NAMES, STAGES
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"

@@ -13,12 +13,13 @@ import yaml
 from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.stage_io import StageSpec
 from xwin.config import ExecutorConfig
-from xwin.controller.executor import StageJob
 from xwin.core.errors import ConfigError
-from xwin.k8s.naming import job_name, run_label
-from xwin.k8s.profiles import load_profiles
-from xwin.k8s.render import SPEC_PATH, render_stage
-from xwin.k8s.settings import KubernetesConfig
+from xwin.executors.base import StageJob
+from xwin.executors.kubernetes.naming import job_name, run_label
+from xwin.executors.kubernetes.render import SPEC_PATH, render_stage
+from xwin.executors.kubernetes.settings import KubernetesConfig
+from xwin.executors.launch import stage_launch
+from xwin.executors.profiles import load_profiles
 from xwin.stages.registry import STAGE_NAMES
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -104,11 +105,14 @@ def test_one_process_per_pod_gets_its_rank_from_the_completion_index():
     assert env["WORLD_SIZE"].value == "3"
     assert env["RANK"].value_from.field_ref.field_path == (
         "metadata.annotations['batch.kubernetes.io/job-completion-index']")
-    local = rendered.container_env(2, local=True)
+    # the launch both executors read: the local executor sets the index itself
+    local = stage_launch(stage_job("dpo", nodes=3)).env_for(2, {"MASTER_ADDR": "127.0.0.1",
+                                                                "MASTER_PORT": "1234"})
     assert (local["RANK"], local["NODE_RANK"], local["JOB_COMPLETION_INDEX"]) == ("2", "2", "2")
-    assert local["MASTER_ADDR"] == "127.0.0.1"
+    assert (local["MASTER_ADDR"], local["WORLD_SIZE"]) == ("127.0.0.1", "3")
     assert "HOME" not in local and "TMPDIR" not in local
-    assert rendered.container_env(1)["HOME"] == "/var/lib/xwin/home"
+    assert env["HOME"].value == "/var/lib/xwin/home"
+    assert env["MASTER_ADDR"].value == f"{rendered.name}-0.{rendered.name}.ml.svc"
 
 
 def test_sharded_stage_runs_one_shard_per_completion_and_retries_shards_alone():
@@ -158,7 +162,8 @@ def test_every_pod_is_locked_down(stage):
 def test_the_container_runs_exactly_the_stage_command_on_the_mounted_spec():
     rendered = render(stage_job("rm"))
     assert rendered.container_command() == ["xwin", "stage", "rm", "--config", SPEC_PATH]
-    assert rendered.container_command("/x/spec.yaml")[-1] == "/x/spec.yaml"
+    assert rendered.container_command() == stage_launch(stage_job("rm")).argv
+    assert stage_launch(stage_job("rm"), "/x/spec.yaml").argv[-1] == "/x/spec.yaml"
     mount = next(m for m in rendered.container.volume_mounts if m.name == "spec")
     assert (mount.mount_path, mount.read_only) == ("/etc/xwin", True)
     volume = next(v for v in rendered.job.spec.template.spec.volumes if v.name == "spec")

@@ -213,12 +213,12 @@ def cancel(run_id: str, workdir: Path, config_path: Path | None = None) -> None:
             console.print(f"[yellow]controller {pid} is still stopping[/]")
         return
     if record.config["executor"]["kind"] == "local":
-        from xwin.controller.local import kill_leftovers
+        from xwin.executors.local import kill_leftovers
 
         kill_leftovers([p for s in record.stages.values() for a in s.attempts
                         if a.status == "running" for p in a.pids])
     else:
-        from xwin.controller.pipeline import make_executor
+        from xwin.controller.jobs import make_executor
 
         make_executor(config_from_record(record)).cancel(record.run_id)
     for stage in record.stages.values():
@@ -235,10 +235,9 @@ def cancel(run_id: str, workdir: Path, config_path: Path | None = None) -> None:
 
 def plan_for(config, store, force: set[str] = frozenset()):
     from xwin.controller.graph import make_plan
-    from xwin.controller.pipeline import load_profiles_for
+    from xwin.controller.jobs import profiles_for, sharded_counts
 
-    profiles = load_profiles_for(config)
-    shards = {n: p.shards for n, p in profiles.items() if p.kind == "sharded"}
+    shards = sharded_counts(profiles_for(config))
     return make_plan(config, store, shards=shards, force=force)
 
 

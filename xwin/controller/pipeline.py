@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from xwin.artifacts.stage_io import StageSpec, part_key
-from xwin.controller.executor import Executor, JobProfile, StageJob, StageResult
+from xwin.artifacts.stage_io import part_key
 from xwin.controller.graph import Plan, PlannedStage, is_committed, make_plan
+from xwin.controller.jobs import make_executor, profiles_for, sharded_counts, stage_job
 from xwin.controller.state import (
     Attempt,
     RunRecord,
@@ -34,6 +34,8 @@ from xwin.controller.state import (
     utc_now,
 )
 from xwin.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError
+from xwin.executors.base import Executor, StageJob, StageResult
+from xwin.executors.profiles import JobProfile
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +49,6 @@ def timing_record_key(stage_key: str) -> str:
     """How long producing an artifact took, kept beside it, so a later run that reuses the
     artifact can still report what it cost."""
     return f"timings/{stage_key}"
-
-
-def load_profiles_for(config) -> dict[str, JobProfile]:
-    from xwin.k8s.profiles import load_profiles
-
-    return load_profiles(config.executor.profiles_dir, config.executor.profiles)
-
-
-def make_executor(config, on_spawn=None, on_problem=None) -> Executor:
-    if config.executor.kind == "local":
-        from xwin.controller.local import LocalExecutor
-
-        return LocalExecutor(config.executor, parallel_shards=config.executor.local_parallel_shards,
-                             on_spawn=on_spawn)
-    from xwin.k8s.executor import KubernetesExecutor  # the cluster client loads only here
-
-    return KubernetesExecutor.from_config(config.executor, on_problem=on_problem)
 
 
 @contextmanager
@@ -127,7 +112,7 @@ class Controller:
         self.force = set(force)
         self.executor = executor or make_executor(config, on_spawn=self._on_spawn,
                                                   on_problem=self._on_problem)
-        self.profiles = load_profiles_for(config)
+        self.profiles = profiles_for(config)
         self.interrupted = False
         self.run_dir = runs.run_dir(record.run_id)
 
@@ -147,8 +132,7 @@ class Controller:
         self._save()
 
     def plan(self) -> Plan:
-        shards = {name: p.shards for name, p in self.profiles.items() if p.kind == "sharded"}
-        return make_plan(self.config, self.store, shards=shards, force=self.force)
+        return make_plan(self.config, self.store, shards=sharded_counts(self.profiles), force=self.force)
 
     def _merge_plan(self, plan: Plan) -> None:
         """Fold the plan into the record, keeping what an earlier controller recorded."""
@@ -234,8 +218,6 @@ class Controller:
         """Attempts until one succeeds, a permanent error, the retry budget or an interrupt."""
         state = self.record.stages[planned.name]
         profile = self.profiles[planned.name]
-        if planned.shards > 1:
-            profile = profile.model_copy(update={"shards": planned.shards})
         state.status = "running"
         state.started_at = state.started_at or utc_now()
         state.error = None
@@ -302,18 +284,8 @@ class Controller:
         return None
 
     def _job(self, planned: PlannedStage, profile: JobProfile, attempt: int) -> StageJob:
-        store = self.config.store
-        workdir = Path(self.config.run.workdir) / "work"
-        if self.config.executor.kind == "local":  # processes may start elsewhere: no relative paths
-            store = store.model_copy(update={"root": Path(store.root).absolute()})
-            workdir = workdir.absolute()
-        spec = StageSpec(
-            stage=planned.name, run_id=self.record.run_id, store=store, inputs=planned.inputs,
-            output=planned.key, config=planned.config, config_digest=planned.config_digest,
-            shards=planned.shards, workdir=workdir,
-        )
-        return StageJob(run_id=self.record.run_id, stage=planned.name, attempt=attempt, spec=spec,
-                        profile=profile, log_dir=self.run_dir / "logs")
+        return stage_job(self.config, planned, self.record.run_id, profile, self.run_dir / "logs",
+                         attempt)
 
     def _check_committed(self, planned: PlannedStage, result: StageResult) -> StageResult:
         """A stage that exits 0 without committing its output has not finished."""
@@ -324,7 +296,7 @@ class Controller:
         return result
 
     def _failure_message(self, result: StageResult) -> str:
-        from xwin.controller.local import last_error
+        from xwin.executors.local import last_error
 
         message = result.reason or "failed"
         if result.log_path:
@@ -350,7 +322,7 @@ class Controller:
         """Stage processes of a controller that was killed (local executor only)."""
         if self.config.executor.kind != "local":
             return
-        from xwin.controller.local import kill_leftovers
+        from xwin.executors.local import kill_leftovers
 
         pids = [pid for s in self.record.stages.values() for a in s.attempts
                 if a.status == "running" for pid in a.pids]

@@ -88,7 +88,7 @@ class RewardModel(nn.Module):
         away is scored on its first tokens: evaluation needs a score for every answer."""
         from xwin.data.dataset import pad_token_id
         from xwin.data.templating import tokenize_prompt_and_reply
-        from xwin.sampling.rewards import score_sequences
+        from xwin.models.scoring import score_sequences
 
         if len(contexts) != len(replies):
             raise ValueError(f"{len(contexts)} contexts but {len(replies)} replies")

@@ -69,7 +69,7 @@ def score_records(records: list[MultiwiseRecord], model, tokenizer, config: Scor
     """The records with every response scored; a response whose tokens cannot fit is left out,
     and each record's meta["scoring"] counts what was dropped or cut."""
     from xwin.data.dataset import pad_token_id
-    from xwin.sampling.rewards import score_sequences
+    from xwin.models.scoring import score_sequences
 
     sequences: list[list[int]] = []
     owners: list[tuple[int, int]] = []  # (record, response) of each sequence

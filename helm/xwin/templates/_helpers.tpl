@@ -87,12 +87,9 @@ capabilities:
 {{- $store := dict "kind" "s3" "bucket" .Values.s3.bucket "prefix" .Values.s3.prefix -}}
 {{- with include "xwin.s3Endpoint" . }}{{ $_ := set $store "endpoint_url" . }}{{ end -}}
 {{- with .Values.s3.region }}{{ $_ := set $store "region" . }}{{ end -}}
-{{- $profiles := dict -}}
-{{- range $stage, $which := .Values.stageImages -}}
-{{- $image := include "xwin.image" (index $.Values.images $which) -}}
-{{- $_ := set $profiles $stage (dict "image" $image) -}}
-{{- end -}}
-{{- $profiles = mustMergeOverwrite $profiles (deepCopy .Values.profiles) -}}
+{{- /* each stage runs the image its row in xwin/stages/registry.py names (trainer or sampler) */ -}}
+{{- $images := dict "trainer" (include "xwin.image" .Values.images.trainer)
+      "sampler" (include "xwin.image" .Values.images.sampler) -}}
 {{- $pullSecrets := list -}}
 {{- range .Values.images.pullSecrets }}{{ $pullSecrets = append $pullSecrets .name }}{{ end -}}
 {{- $kube := dict
@@ -107,7 +104,8 @@ capabilities:
       "labels" (dict "app.kubernetes.io/instance" .Release.Name) -}}
 {{- with .Values.stagePods.workVolumeSize }}{{ $_ := set $kube "work_volume_size" . }}{{ end -}}
 {{- $executor := dict "kind" "kubernetes" "namespace" .Release.Namespace
-      "profiles_dir" "/opt/xwin/jobs" "profiles" $profiles "kubernetes" $kube -}}
+      "profiles_dir" "/opt/xwin/jobs" "profiles" (deepCopy .Values.profiles) "images" $images
+      "kubernetes" $kube -}}
 {{- $_ := set $cfg "store" $store -}}
 {{- $_ := set $cfg "executor" $executor -}}
 {{- toYaml $cfg -}}

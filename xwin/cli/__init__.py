@@ -1,6 +1,14 @@
 """The `xwin` command. Thin: it parses arguments and calls the library (as OpenRLHF's CLI entry
-points sit over its trainers). Heavy imports (torch, vLLM) happen inside commands, so that
-`xwin --help` stays instant."""
+points sit over its trainers); the top layer, which nothing in the library imports. Heavy
+imports (torch, vLLM) happen inside commands, so that `xwin --help` stays instant.
+
+    __init__.py    the app, `xwin stage NAME --config SPEC`
+    pipeline.py    run, resume, status, runs, report, cancel, plan (xwin.controller.api)
+    render.py      `xwin render`: every Kubernetes object of a run, as YAML
+    artifacts.py   `xwin artifacts put | get | ls`
+    data.py        `xwin data validate | import-sharegpt | import-mtbench`
+    model.py       `xwin model import-gguf | tiny`
+"""
 
 from __future__ import annotations
 
@@ -9,11 +17,11 @@ from pathlib import Path
 
 import typer
 
-from xwin.artifacts.cli import app as artifacts_app
-from xwin.controller.cli import register as register_controller
-from xwin.data.cli import app as data_app
-from xwin.k8s.cli import register as register_k8s
-from xwin.models.cli import app as model_app
+from xwin.cli.artifacts import app as artifacts_app
+from xwin.cli.data import app as data_app
+from xwin.cli.model import app as model_app
+from xwin.cli.pipeline import register as register_pipeline
+from xwin.cli.render import register as register_render
 from xwin.stages.registry import STAGE_NAMES
 
 app = typer.Typer(
@@ -40,14 +48,11 @@ def stage(
     raise typer.Exit(run_stage_main(name, config, shard))
 
 
-register_controller(app)
-register_k8s(app)
+register_pipeline(app)
+register_render(app)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()
 
-
-if __name__ == "__main__":
-    main()

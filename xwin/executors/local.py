@@ -1,9 +1,9 @@
-"""The embedded executor: a stage's Job run as local processes.
+"""The embedded executor: a stage's launch description run as local processes.
 
-What a pod of the Job would run, this runs as a process: the same `xwin stage NAME --config
-SPEC` command, arguments and environment (`job_processes`). A multi-node Job (nodes > 1) becomes
-N processes that rendezvous on 127.0.0.1, with the variables an Indexed Job and our launcher
-give each pod; a sharded Job becomes K processes, in parallel or one after another.
+What a pod of the stage's Job would run, this runs as a process: the same `xwin stage NAME
+--config SPEC` command and environment (`job_processes`, from `xwin.executors.launch`). A gang
+of N nodes becomes N processes that rendezvous on 127.0.0.1; a sharded stage becomes K
+processes, in parallel or one after another.
 
 Each process runs in its own session (process group): stopping a stage signals the whole group,
 SIGTERM first, then SIGKILL after a grace period, so nothing a stage spawned outlives it. On
@@ -26,11 +26,13 @@ from pathlib import Path
 
 import yaml
 
+from xwin.artifacts.factory import open_store
 from xwin.artifacts.stage_io import part_key
-from xwin.controller.executor import Executor, StageJob, StageResult
 from xwin.core.errors import EXIT_USER_ERROR
 from xwin.core.files import write_text_atomically
 from xwin.core.net import free_port
+from xwin.executors.base import Executor, StageJob, StageResult
+from xwin.executors.launch import stage_launch
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +72,25 @@ def inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARS}
 
 
-def job_processes(job: StageJob, spec_path: Path, settings=None, done_shards: set[int] = frozenset(),
+def job_processes(job: StageJob, spec_path: Path, done_shards: set[int] = frozenset(),
                   parallel_shards: bool = False) -> list[LocalProcess]:
-    """The processes of one attempt: one per pod of the rendered Job (`xwin.k8s.render`), with
-    the container's command and literal environment over this process's environment (which
-    carries what Secrets would: store credentials). `settings`: the pipeline's `executor`
-    section (None: defaults)."""
-    from xwin.k8s.render import render_stage
-    from xwin.k8s.settings import KubernetesConfig
-
-    rendered = render_stage(job, settings or KubernetesConfig(), "local")
-    argv = rendered.container_command(spec_path)
-    if argv and argv[0] == "xwin":  # the image's entry point; here: this interpreter's package
-        argv = [sys.executable, "-m", "xwin.cli", *argv[1:]]
-    port = str(free_port())  # the cluster's fixed port may be taken on a shared machine
-    shards = job.spec.shards if job.profile.kind == "sharded" else 1
+    """The processes of one attempt: one per completion of the stage's launch, with the launch's
+    environment over this process's own (which carries what Secrets would: store credentials)."""
+    launch = stage_launch(job, str(spec_path))
+    # the image's entry point `xwin`; here: this interpreter's package
+    argv = [sys.executable, "-m", "xwin.cli", *launch.argv[1:]]
+    # the cluster's fixed port may be taken on a shared machine
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    shards = launch.completions if job.profile.kind == "sharded" else 1
     main_log = job.log_dir / f"{job.stage}.{job.attempt}.log"
     procs: list[LocalProcess] = []
-    for index in range(rendered.completions):
+    for index in range(launch.completions):
         if shards > 1 and index in done_shards:
             continue
         # Waiting OpenMP threads sleep instead of spinning: on a machine whose cores are shared
         # (the controller, other shards, other work) spinning threads slowed a 135M model's
         # generation 20x in our measurements. A user's own setting wins.
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **inherited_env(), **rendered.container_env(index, local=True)}
-        if "MASTER_PORT" in env:
-            env["MASTER_PORT"] = port
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **inherited_env(), **launch.env_for(index, rendezvous)}
         label = f"shard-{index}" if shards > 1 else (f"rank-{index}" if index else "")
         log_path = main_log if not procs else job.log_dir / f"{job.stage}.{job.attempt}.{label}.log"
         if shards > 1:  # explicit, though JOB_COMPLETION_INDEX says the same
@@ -201,9 +196,8 @@ def last_error(log_path: Path, lines: int = 20) -> tuple[str | None, str]:
 class LocalExecutor(Executor):
     """Runs attempts as local process groups; `cancel` may be called from a signal handler."""
 
-    def __init__(self, settings=None, parallel_shards: bool = False, grace_s: float = 10.0,
+    def __init__(self, parallel_shards: bool = False, grace_s: float = 10.0,
                  on_spawn: Callable[[StageJob, list[int]], None] | None = None):
-        self.settings = settings  # the pipeline's `executor` section: how pods would look
         self.parallel_shards = parallel_shards
         self.grace_s = grace_s
         self.on_spawn = on_spawn  # the controller records pids in the run state
@@ -215,8 +209,7 @@ class LocalExecutor(Executor):
     def run(self, job: StageJob) -> StageResult:
         job.log_dir.mkdir(parents=True, exist_ok=True)
         spec_path = write_spec(job)
-        procs = job_processes(job, spec_path, self.settings, self._done_shards(job),
-                              self.parallel_shards)
+        procs = job_processes(job, spec_path, self._done_shards(job), self.parallel_shards)
         main_log = job.log_dir / f"{job.stage}.{job.attempt}.log"
         groups = sorted({p.group for p in procs})
         for group in groups:
@@ -229,8 +222,6 @@ class LocalExecutor(Executor):
         """Shards committed by an earlier attempt are not run again."""
         if job.spec.shards <= 1:
             return set()
-        from xwin.artifacts.factory import open_store
-
         store = open_store(job.spec.store)
         count = job.spec.shards
         return {i for i in range(count) if store.exists(part_key(job.spec.output, i, count))}

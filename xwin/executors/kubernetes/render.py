@@ -8,8 +8,9 @@ fails here, in Python, not in the cluster): a ConfigMap with the stage spec, a J
     sample/score (sharded): Indexed Job, one shard per completion index.
     the rest (single):      one small pod.
 
-The local executor runs the same container (`container_command()`, `container_env()`) as
-processes on 127.0.0.1, so both executors start stages the same way.
+The container's command, environment and completions come from the stage's launch description
+(`xwin.executors.launch`), which the local executor runs as processes on 127.0.0.1: both
+executors start stages the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
-from xwin.controller.executor import JobProfile, StageJob
 from xwin.core.errors import EXIT_USER_ERROR, ConfigError
-from xwin.k8s.naming import (
+from xwin.executors.base import StageJob
+from xwin.executors.kubernetes.naming import (
     ANNOTATION_RUN_ID,
     COMPLETION_INDEX_ANNOTATION,
     JOB_NAME_LABEL,
@@ -31,14 +32,15 @@ from xwin.k8s.naming import (
     master_addr,
     stage_labels,
 )
-from xwin.k8s.settings import KubernetesConfig
+from xwin.executors.kubernetes.settings import KubernetesConfig
+from xwin.executors.launch import SPEC_PATH, Launch, stage_launch
+from xwin.executors.profiles import JobProfile
 
-SPEC_DIR = "/etc/xwin"
-SPEC_PATH = f"{SPEC_DIR}/spec.yaml"
+SPEC_DIR = str(Path(SPEC_PATH).parent)
 DATA_DIR = "/var/lib/xwin"  # the writable emptyDir: workdir, home, caches
 CONTAINER = "stage"
 
-# Where the pod's filesystem differs from a local machine's: the local executor drops these.
+# Where the pod's filesystem differs from a local machine's.
 POD_FILESYSTEM_ENV = {
     "HOME": f"{DATA_DIR}/home",
     "XDG_CACHE_HOME": f"{DATA_DIR}/cache",
@@ -109,32 +111,9 @@ class RenderedStage:
         """Pods the Job runs: ranks of a gang, shards of a sharded stage, else 1."""
         return self.job.spec.completions
 
-    def container_command(self, spec_path: str | Path | None = None) -> list[str]:
-        """The container's argv; spec_path replaces the ConfigMap mount for a local process."""
-        argv = list(self.container.command) + list(self.container.args or [])
-        if spec_path is not None:
-            argv = [str(spec_path) if a == SPEC_PATH else a for a in argv]
-        return argv
-
-    def container_env(self, index: int = 0, *, local: bool = False) -> dict[str, str]:
-        """The literal environment of completion `index`, as Kubernetes would set it.
-
-        Values from Secrets are left out (a local process inherits them from its own
-        environment). local=True: no pod filesystem paths, rendezvous on 127.0.0.1."""
-        env = {}
-        for var in self.container.env or []:
-            if var.value is not None:
-                env[var.name] = var.value
-            elif var.value_from.field_ref is not None:  # the completion index, downward API
-                env[var.name] = str(index)
-        if self.job.spec.completion_mode == "Indexed":
-            env["JOB_COMPLETION_INDEX"] = str(index)
-        if local:
-            for key in POD_FILESYSTEM_ENV:
-                env.pop(key, None)
-            if "MASTER_ADDR" in env:
-                env["MASTER_ADDR"] = "127.0.0.1"
-        return env
+    def container_command(self) -> list[str]:
+        """The container's argv."""
+        return list(self.container.command) + list(self.container.args or [])
 
 
 def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> RenderedStage:
@@ -151,7 +130,8 @@ def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> 
     name = job_name(job.run_id, job.stage, job.attempt)
     labels = {**kube.labels, **stage_labels(job.run_id, job.stage, job.attempt)}
     annotations = {ANNOTATION_RUN_ID: job.run_id, "xwin.dev/config-digest": job.spec.config_digest}
-    completions = {"train": profile.nodes, "sharded": profile.shards}.get(profile.kind, 1)
+    launch = stage_launch(job)
+    completions = launch.completions
 
     # The pod sees its spec with the pod's own workdir and shard count.
     spec = job.spec.model_copy(update={"workdir": Path(f"{DATA_DIR}/work")})
@@ -166,7 +146,7 @@ def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> 
     )
 
     service = None
-    env = _env(job, kube, name, ns)
+    env = _env(job, launch, kube, name, ns)
     if profile.kind == "train":
         service = k8s.V1Service(
             api_version="v1",
@@ -186,7 +166,7 @@ def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> 
         metadata=k8s.V1ObjectMeta(
             labels=labels, annotations={**kube.annotations, ANNOTATION_RUN_ID: job.run_id}
         ),
-        spec=_pod_spec(job, kube, name, env),
+        spec=_pod_spec(job, launch, kube, name, env),
     )
     job_obj = k8s.V1Job(
         api_version="batch/v1",
@@ -268,33 +248,15 @@ def _pod_failure_policy(profile: JobProfile) -> k8s.V1PodFailurePolicy:
     return k8s.V1PodFailurePolicy(rules=rules)
 
 
-def _env(job: StageJob, kube: KubernetesConfig, name: str, ns: str) -> list[k8s.V1EnvVar]:
-    profile = job.profile
-    values: dict[str, str] = {
-        "XWIN_RUN_ID": job.run_id,
-        "XWIN_STAGE": job.stage,
-        "XWIN_STAGE_ATTEMPT": str(job.attempt),
-        "PYTHONUNBUFFERED": "1",  # logs reach `kubectl logs` as they are written
-        **POD_FILESYSTEM_ENV,
-    }
-    if profile.kind == "train":
-        values.update(
-            XWIN_NNODES=str(profile.nodes),
-            XWIN_NPROC_PER_NODE=str(profile.nproc_per_node),
-            MASTER_ADDR=master_addr(name, ns),
-            MASTER_PORT=str(kube.master_port),
-        )
-    elif profile.kind == "sharded":
-        # vLLM / the scorer split the model over every GPU of the pod.
-        values["XWIN_TENSOR_PARALLEL_SIZE"] = str(max(1, profile.gpus))
-    values.update(profile.env)
+def _env(job: StageJob, launch: Launch, kube: KubernetesConfig, name: str, ns: str) -> list[k8s.V1EnvVar]:
+    """The launch's literal environment, the pod's filesystem, pod 0's DNS name as the rendezvous,
+    the completion index through the downward API, and the store's credentials from a Secret."""
+    values = {**launch.env, **POD_FILESYSTEM_ENV}
+    if launch.rendezvous:
+        values.update(MASTER_ADDR=master_addr(name, ns), MASTER_PORT=str(kube.master_port))
+    values.update(launch.user_env)
     env = [k8s.V1EnvVar(name=k, value=v) for k, v in values.items()]
-    if profile.kind == "train" and profile.nproc_per_node == 1:
-        # The pod's one process is the rank itself (as the local executor sets it); with more
-        # processes per pod the stage's launcher derives ranks from JOB_COMPLETION_INDEX.
-        env += [k8s.V1EnvVar(name=k, value=v) for k, v in
-                {"WORLD_SIZE": str(profile.nodes), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items()]
-        env += [_completion_index_env(k) for k in ("RANK", "NODE_RANK")]
+    env += [_completion_index_env(k) for k in launch.rank_vars]
     if job.spec.store.kind == "s3":
         env += [
             k8s.V1EnvVar(
@@ -315,7 +277,7 @@ def _completion_index_env(name: str) -> k8s.V1EnvVar:
         field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']")))
 
 
-def _pod_spec(job: StageJob, kube: KubernetesConfig, name: str,
+def _pod_spec(job: StageJob, launch: Launch, kube: KubernetesConfig, name: str,
               env: list[k8s.V1EnvVar]) -> k8s.V1PodSpec:
     profile = job.profile
     requests = {"cpu": profile.cpu, "memory": profile.memory}
@@ -326,8 +288,8 @@ def _pod_spec(job: StageJob, kube: KubernetesConfig, name: str,
         name=CONTAINER,
         image=profile.image,
         image_pull_policy=kube.image_pull_policy,
-        command=["xwin", "stage", job.stage],
-        args=["--config", SPEC_PATH],
+        command=launch.argv[:3],  # xwin stage NAME
+        args=launch.argv[3:],
         working_dir=DATA_DIR,
         env=env,
         resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),

@@ -1,28 +1,56 @@
-"""Per-stage Job profiles: jobs/<stage>.yaml, then the pipeline config's `executor.profiles`
-overrides. Both executors read them: the Kubernetes one renders pods from them, the local one
-takes nodes x nproc_per_node and shards from them."""
+"""Per-stage Job profiles: the stage table's kind and image, then jobs/<stage>.yaml, then the
+pipeline config's `executor.profiles` overrides. Both executors read them: the launch
+description takes nodes x nproc_per_node and shards from them, the Kubernetes executor also the
+pod's image, resources and scheduling."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from xwin.controller.executor import JobProfile
-from xwin.core.config import format_validation_error, load_yaml
+from xwin.core.config import StrictModel, format_validation_error, load_yaml
 from xwin.core.errors import ConfigError
 from xwin.stages.registry import STAGE_NAMES, stage_def
 
 log = logging.getLogger(__name__)
 
+
+class JobProfile(StrictModel):
+    """How one stage runs as a Job: jobs/<stage>.yaml, overridable per pipeline config."""
+
+    image: str = "xwin-trainer:dev"
+    nodes: int = Field(1, ge=1, description="pods of an Indexed Job gang (training stages)")
+    nproc_per_node: int = Field(1, ge=1, description="processes per pod: GPUs per pod on a cluster")
+    shards: int = Field(1, ge=1, description="Indexed-Job completions of a sharded stage")
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per pod")
+    cpu: str = "1"
+    memory: str = "4Gi"
+    shm_size: str | None = Field(None, description="memory-backed /dev/shm, e.g. 16Gi for NCCL")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    priority_class: str | None = None
+    backoff_limit: int = Field(0, ge=0, description="pod retries inside the Job (the controller retries whole stages)")
+    active_deadline_s: int | None = Field(None, ge=1)
+    ttl_after_finished_s: int = 3600
+    env: dict[str, str] = Field(default_factory=dict)
+    kind: Literal["train", "sharded", "single"] = "single"
+
+
+# The images a stage's row can name (its `image`); `executor.images` replaces them.
+DEFAULT_IMAGES: dict[str, str] = {"trainer": "xwin-trainer:dev", "sampler": "xwin-sampler:dev"}
+
+
 def load_profiles(
     profiles_dir: str | Path | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    images: Mapping[str, str] | None = None,
 ) -> dict[str, JobProfile]:
-    """One JobProfile per stage: defaults < jobs/<stage>.yaml < overrides[stage] (field by field).
+    """One JobProfile per stage: defaults (the kind and image its row names) < jobs/<stage>.yaml
+    < overrides[stage] (field by field). `images`: image role -> image (DEFAULT_IMAGES).
 
     A missing folder means defaults (a local run started outside the repository needs none);
     a bad file or an override for an unknown stage is an error naming it."""
@@ -44,7 +72,8 @@ def load_profiles(
                               f"{', '.join(STAGE_NAMES)}")
     profiles = {}
     for stage in STAGE_NAMES:
-        fields: dict[str, Any] = {"kind": stage_def(stage).kind}
+        row = stage_def(stage)
+        fields: dict[str, Any] = {"kind": row.kind, "image": {**DEFAULT_IMAGES, **(images or {})}[row.image]}
         source = "defaults"
         if folder is not None and (path := folder / f"{stage}.yaml").exists():
             fields.update(load_yaml(path))

@@ -1,5 +1,5 @@
 """Make the run's bucket on a fresh S3 endpoint (MinIO in kind, or the chart's optional MinIO),
-waiting for the server to come up: `python -m xwin.k8s.bucket --endpoint URL --bucket NAME`.
+waiting for the server to come up: `python -m xwin.artifacts.bucket --endpoint URL --bucket NAME`.
 Credentials come from the standard AWS environment (a Secret), never from arguments."""
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from typing import Literal
 from kubernetes import client as k8s
 
 from xwin.core.errors import EXIT_USER_ERROR
-from xwin.k8s.naming import COMPLETION_INDEX_ANNOTATION
-from xwin.k8s.render import CONTAINER
+from xwin.executors.kubernetes.naming import COMPLETION_INDEX_ANNOTATION
+from xwin.executors.kubernetes.render import CONTAINER
 
 # A pod waiting for one of these will not start by itself: the image reference, a missing
 # Secret or a bad spec is configuration, so retrying the stage cannot help either.

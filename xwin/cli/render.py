@@ -30,9 +30,9 @@ def render(
     """Print the ConfigMaps, headless Services and Jobs of every stage the run would execute
     (as if the store were empty) as one multi-document YAML stream."""
     from xwin.config import load_config
+    from xwin.controller.jobs import planned_jobs
     from xwin.core.errors import UserError
-    from xwin.k8s.plan import planned_jobs
-    from xwin.k8s.render import dump_manifests, render_stage
+    from xwin.executors.kubernetes.render import dump_manifests, render_stage
 
     try:
         pipeline = load_config(config, set_)

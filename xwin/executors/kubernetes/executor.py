@@ -25,9 +25,9 @@ from kubernetes import client as k8s
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from xwin.controller.executor import Executor, StageJob, StageResult
-from xwin.k8s import diagnose
-from xwin.k8s.naming import (
+from xwin.executors.base import Executor, StageJob, StageResult
+from xwin.executors.kubernetes import diagnose
+from xwin.executors.kubernetes.naming import (
     JOB_NAME_LABEL,
     LABEL_APP,
     LABEL_ATTEMPT,
@@ -36,9 +36,9 @@ from xwin.k8s.naming import (
     job_name,
     run_label,
 )
-from xwin.k8s.render import CONTAINER, RenderedStage, render_stage
-from xwin.k8s.settings import KubernetesConfig
-from xwin.k8s.watch import ResumableWatch, call
+from xwin.executors.kubernetes.render import CONTAINER, RenderedStage, render_stage
+from xwin.executors.kubernetes.settings import KubernetesConfig
+from xwin.executors.kubernetes.watch import ResumableWatch, call
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime.fromtimestamp(0, timezone.utc)
