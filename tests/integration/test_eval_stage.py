@@ -13,7 +13,7 @@ from judge_test_server import ScriptedJudgeServer, merit, single_rating
 from xwin.core.errors import ConfigError, UserError
 from xwin.data.mtbench import load_mtbench_questions
 from xwin.judge.stats import length_controlled_win_rate, wilson_interval
-from xwin.stages.runner import run_stage
+from xwin.stages.registry import run_stage
 
 QUESTION_IDS = [81, 101, 111]  # writing; reasoning and math (graded against references)
 

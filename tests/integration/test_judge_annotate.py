@@ -11,7 +11,7 @@ from judge_test_server import ScriptedJudgeServer
 from xwin.core.errors import ConfigError
 from xwin.data.io import read_records
 from xwin.data.schemas import PreferencePair
-from xwin.stages.runner import run_stage
+from xwin.stages.registry import run_stage
 
 CONTEXT = [{"role": "user", "content": "Plan a trip."},
            {"role": "assistant", "content": "Where to?"},

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from xwin_set_helpers import PROMPTS, fetch, manifest_metrics, write_jsonl, write_spec
 
+from xwin.cli import stage_main
 from xwin.core.errors import EXIT_USER_ERROR
 from xwin.data.io import read_records
 from xwin.data.schemas import MultiwiseRecord
 from xwin.sampling.distinct import DistinctSamples, add_distinct
 from xwin.sampling.generation import Generation
-from xwin.stages.runner import main as stage_main
-from xwin.stages.runner import run_stage
+from xwin.stages.registry import run_stage
 
 TINY = {"backend": "hf", "dtype": "float32", "temperature": 1.0, "max_new_tokens": 6, "seed": 3}
 

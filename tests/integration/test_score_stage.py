@@ -17,7 +17,7 @@ from xwin.data.templating import tokenize_prompt_and_reply
 from xwin.models.loading import load_tokenizer
 from xwin.models.reward import RewardModel, load_reward_model
 from xwin.models.scoring import length_sorted_batches, score_sequences
-from xwin.stages.runner import run_stage
+from xwin.stages.registry import run_stage
 from xwin.stages.score import PARTIAL_FILE
 
 REPLIES = [

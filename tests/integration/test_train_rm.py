@@ -51,8 +51,8 @@ def test_rm_beats_chance_on_held_out_pairs_of_a_knowable_task(tmp_path, tiny_mod
 
 
 def test_a_bad_pair_fails_permanently_naming_file_line_and_field(tmp_path, tiny_model_dir, capsys):
+    from xwin.cli import stage_main as main
     from xwin.core.errors import EXIT_USER_ERROR
-    from xwin.stages.runner import main
 
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=4)
     with open(data, "a") as f:

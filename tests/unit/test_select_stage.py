@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from xwin_set_helpers import fetch, write_jsonl, write_spec
 
+from xwin.cli import stage_main
 from xwin.core.errors import EXIT_USER_ERROR
 from xwin.data.io import read_records
 from xwin.data.schemas import Conversation, MultiwiseRecord, PreferencePair
-from xwin.stages.runner import main as stage_main
-from xwin.stages.runner import run_stage
+from xwin.stages.registry import run_stage
 from xwin.stages.select import SelectConfig, select
 
 SCORES = {"a": [0.5, 2.0, -1.0, 2.0, 0.0], "b": [1.0, 1.0], "c": [3.0, -2.0, 1.0], "d": []}

@@ -22,6 +22,7 @@ from pydantic_core import PydanticSerializationError
 from tqdm import tqdm
 
 from xwin.artifacts.store import ArtifactCorrupt, ArtifactError, FileEntry, InvalidKey, Manifest
+from xwin.core.clock import utc_now
 
 MANIFEST_NAME = "MANIFEST.json"
 COMMITS_DIR = ".commits"  # <key>/.commits/<commit_id>/<files>
@@ -78,10 +79,6 @@ def is_stale(commit_id: str, older_than_s: float) -> bool:
     if started is None:
         return False
     return (datetime.now(timezone.utc) - started).total_seconds() > older_than_s
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def list_files(folder: Path) -> list[tuple[str, Path]]:

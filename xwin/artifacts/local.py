@@ -40,7 +40,6 @@ from xwin.artifacts.folders import (
     parse_manifest,
     progress,
     staging_dir_for,
-    utc_now,
     verify_folder,
     verify_sha256_default,
 )
@@ -53,6 +52,7 @@ from xwin.artifacts.store import (
     Manifest,
     StoreUnavailable,
 )
+from xwin.core.clock import utc_now
 from xwin.core.files import fsync_dir, write_bytes_atomically
 
 log = logging.getLogger(__name__)

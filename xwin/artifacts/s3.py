@@ -43,7 +43,6 @@ from xwin.artifacts.folders import (
     parse_manifest,
     scan_folder,
     staging_dir_for,
-    utc_now,
     verify_folder,
     verify_sha256_default,
 )
@@ -68,6 +67,7 @@ from xwin.artifacts.store import (
     Manifest,
     StoreUnavailable,
 )
+from xwin.core.clock import utc_now
 from xwin.core.errors import ConfigError
 
 log = logging.getLogger(__name__)

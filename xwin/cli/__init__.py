@@ -12,7 +12,9 @@ imports (torch, vLLM) happen inside commands, so that `xwin --help` stays instan
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from pathlib import Path
 
 import typer
@@ -22,7 +24,8 @@ from xwin.cli.data import app as data_app
 from xwin.cli.model import app as model_app
 from xwin.cli.pipeline import register as register_pipeline
 from xwin.cli.render import register as register_render
-from xwin.stages.registry import STAGE_NAMES
+from xwin.core.errors import EXIT_OK, EXIT_USER_ERROR, UserError
+from xwin.stages.registry import STAGE_NAMES, run_stage
 
 app = typer.Typer(
     help="The Xwin-LM alignment recipe (SFT -> RM -> best-of-N -> RS -> DPO -> eval) as a batch "
@@ -43,9 +46,19 @@ def stage(
     shard: str | None = typer.Option(None, help="i/K: this process's shard; default from JOB_COMPLETION_INDEX"),
 ) -> None:
     """Run one stage: the command every Job container and local process runs."""
-    from xwin.stages.runner import main as run_stage_main
+    raise typer.Exit(stage_main(name, config, shard))
 
-    raise typer.Exit(run_stage_main(name, config, shard))
+
+def stage_main(name: str, spec_path: Path, shard: str | None = None) -> int:
+    """Run one stage; the exit code says how it ended: 2 for bad config or data, which the
+    controller and the Job's pod failure policy never retry."""
+    try:
+        metrics = run_stage(name, spec_path, shard)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(json.dumps({"stage": name, "metrics": metrics}))
+    return EXIT_OK
 
 
 register_pipeline(app)

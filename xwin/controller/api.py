@@ -15,7 +15,8 @@ from rich.table import Table
 
 from xwin.controller.pipeline import Controller, RunBusy, lock_holder, new_record
 from xwin.controller.progress import format_seconds, make_progress, stage_table
-from xwin.controller.state import RunRecord, RunStore, utc_now
+from xwin.controller.state import RunRecord, RunStore
+from xwin.core.clock import utc_now
 from xwin.core.errors import EXIT_BUSY, UserError
 
 console = Console(highlight=False)

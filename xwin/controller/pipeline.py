@@ -24,15 +24,8 @@ from typing import Any
 from xwin.artifacts.stage_io import part_key
 from xwin.controller.graph import Plan, PlannedStage, is_committed, make_plan
 from xwin.controller.jobs import make_executor, profiles_for, sharded_counts, stage_job
-from xwin.controller.state import (
-    Attempt,
-    RunRecord,
-    RunStore,
-    StageState,
-    controller_identity,
-    new_run_id,
-    utc_now,
-)
+from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, controller_identity, new_run_id
+from xwin.core.clock import utc_now
 from xwin.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError
 from xwin.executors.base import Executor, StageJob, StageResult
 from xwin.executors.profiles import JobProfile

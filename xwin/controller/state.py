@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from xwin.core.clock import parse_time, utc_now
 from xwin.core.errors import UserError
 from xwin.core.files import write_bytes_atomically
 
@@ -26,14 +27,6 @@ FINAL_STAGE_STATES = ("succeeded", "cached", "supplied", "skipped")
 
 RECORD_PREFIX = "runs"
 INDEX_KEY = "runs/index"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 class Attempt(BaseModel):

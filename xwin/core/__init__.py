@@ -5,6 +5,7 @@
     digests.py     stable digests of configs and local paths
     files.py       atomic file writes
     net.py         free_port
+    clock.py       UTC timestamps of records and manifests
     hardware.py    which float type runs fast here (dtype `auto`)
     plots.py       figures without pyplot
 """

@@ -1,1 +1,7 @@
-"""models."""
+"""Models: loading bases, the reward model, and writing what every tool loads unchanged.
+
+    loading.py     HF folders and GGUF files in (GGUF de-quantized), HF safetensors folders out
+    reward.py      RewardModel: an LM body with a scalar value head; saving and loading it
+    scoring.py     scoring (context, reply) pairs with a reward model in length-sorted batches
+    tiny.py        a tiny random Llama with a real tokenizer, for fast tests and dry runs
+"""

@@ -1,7 +1,7 @@
 """The Xwin-LM stages: the stage table and one module per stage that is not a trainer.
 
-    registry.py    the stage table: one row per stage (config, entry point, inputs, kind, image)
-    runner.py      `xwin stage NAME --config SPEC`: the one way a stage starts, anywhere
+    registry.py    the stage table: one row per stage (config, entry point, inputs, kind, image),
+                   and run_stage: `xwin stage NAME --config SPEC`, the one way a stage starts
     prepare.py     the run's base model and data, imported into the store
     sample.py      N distinct responses per prompt (the Xwin-Set before scoring)
     score.py       the reward model scores every response

@@ -1,8 +1,8 @@
-"""The stage table: one row per stage, in pipeline order. Every layer that needs to know the
-stages reads this table: the pipeline config (a section per row), the graph (default wiring,
-what goes into a stage's key), the Job profiles (kind, image), the report (which stages train,
-which produce a model), the stage runner and the CLI help. A test holds the helm chart's stage
-enums against it.
+"""The stage table: one row per stage, in pipeline order, and `run_stage`, how every stage
+process starts from its row. Every layer that needs to know the stages reads this table: the
+pipeline config (a section per row), the graph (default wiring, what goes into a stage's key),
+the Job profiles (kind, image), the report (which stages train, which produce a model) and the
+CLI. A test holds the helm chart's stage enum against it.
 
 A row names its config class (torch-free, so the controller can plan a run without torch) and
 its entry point as "module:function" (imported by the stage process only). Adding a stage is
@@ -14,10 +14,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from xwin.core.config import StrictModel
+from pydantic import ValidationError
+
+from xwin.artifacts.stage_io import StageContext, StageSpec, parse_shard
+from xwin.core.config import StrictModel, format_validation_error
 from xwin.core.errors import ConfigError
 from xwin.stages.annotate import AnnotateConfig
 from xwin.stages.eval import EvalConfig
@@ -176,3 +180,19 @@ def default_wiring() -> dict[str, dict[str, str]]:
     """stage -> input -> default source, for the inputs that have one."""
     return {stage.name: {name: i.source for name, i in stage.inputs.items() if i.source}
             for stage in STAGES}
+
+
+def run_stage(name: str, spec_path: Path, shard: str | None = None) -> dict[str, float]:
+    """`xwin stage NAME --config SPEC`, the one way a stage starts, in a container or a local
+    process alike: validate the spec's config section against the row's config class, open the
+    stage's view of the store and call the row's entry point. Bad input is a UserError."""
+    stage = stage_def(name)
+    spec = StageSpec.from_file(spec_path)
+    if spec.stage != name:
+        raise ConfigError(f"{spec_path}: spec is for stage {spec.stage!r}, not {name!r}")
+    try:
+        config = stage.config.model_validate(spec.config)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"{spec_path} [{name}]")) from e
+    ctx = StageContext(spec, parse_shard(shard, spec.shards))
+    return stage.load_entry()(config, ctx) or {}
