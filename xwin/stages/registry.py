@@ -82,25 +82,31 @@ def _inputs(**inputs: Input) -> Mapping[str, Input]:
 _TRAIN_DATA = "conversations JSONL (OpenAI-style messages); loss on assistant turns only"
 _PAIRS = "PreferencePair JSONL: a context, a chosen and a rejected reply"
 
+
+def _trainer(name: str, summary: str, config: type[StrictModel], entry: str, model: Input,
+             train: Input, output: Literal["model", "reward_model"] = "model") -> StageDef:
+    """A training stage: a gang of ranks in the trainer image, reading `model` and `train`."""
+    return StageDef(name, summary, config, entry, _inputs(model=model, train=train),
+                    kind="train", image="trainer", output=output)
+
 STAGES: tuple[StageDef, ...] = (
     StageDef(
         "prepare", "import the base model and the run's data into the store", PrepareConfig,
         "xwin.stages.prepare:run", _inputs(), kind="single", image="trainer", output="data",
         sources=fingerprint,
     ),
-    StageDef(
+    _trainer(
         "sft", "supervised finetuning on multi-turn conversations (Xwin-LM-SFT)", SftConfig,
-        "xwin.train.sft:run", _inputs(
-            model=Input("prepare#base_model", "HF model folder to start from"),
-            train=Input("prepare#sft.jsonl", _TRAIN_DATA),
-        ), kind="train", image="trainer", output="model",
+        "xwin.train.sft:run",
+        model=Input("prepare#base_model", "HF model folder to start from"),
+        train=Input("prepare#sft.jsonl", _TRAIN_DATA),
     ),
-    StageDef(
+    _trainer(
         "rm", "reward model: an LM with a scalar head, Bradley-Terry loss (Xwin-RM)", RmConfig,
-        "xwin.train.rm:run", _inputs(
-            model=Input("sft", "HF model folder whose body the reward model starts from"),
-            train=Input("prepare#pairs.jsonl", _PAIRS),
-        ), kind="train", image="trainer", output="reward_model",
+        "xwin.train.rm:run",
+        model=Input("sft", "HF model folder whose body the reward model starts from"),
+        train=Input("prepare#pairs.jsonl", _PAIRS),
+        output="reward_model",
     ),
     StageDef(
         "sample", "N distinct responses per prompt from the SFT model, vLLM (Xwin-Set)",
@@ -122,19 +128,17 @@ STAGES: tuple[StageDef, ...] = (
             scored=Input("score", "scored multiwise JSONL, sharded"),
         ), kind="single", image="trainer", output="data",
     ),
-    StageDef(
+    _trainer(
         "rs", "rejection-sampling finetuning on the best-of-N responses (Xwin-LM-RS)", RsConfig,
-        "xwin.train.sft:run", _inputs(
-            model=Input("sft", "HF model folder to start from"),
-            train=Input("select#rs.jsonl", _TRAIN_DATA),
-        ), kind="train", image="trainer", output="model",
+        "xwin.train.sft:run",
+        model=Input("sft", "HF model folder to start from"),
+        train=Input("select#rs.jsonl", _TRAIN_DATA),
     ),
-    StageDef(
+    _trainer(
         "dpo", "DPO against a frozen reference on ranked pairs (Xwin-LM-DPO)", DpoConfig,
-        "xwin.train.dpo:run", _inputs(
-            model=Input("rs", "HF model folder: the policy's start and the reference"),
-            train=Input("select#dpo.jsonl", _PAIRS),
-        ), kind="train", image="trainer", output="model",
+        "xwin.train.dpo:run",
+        model=Input("rs", "HF model folder: the policy's start and the reference"),
+        train=Input("select#dpo.jsonl", _PAIRS),
     ),
     StageDef(
         "eval", "judged benchmarks (MT-bench, AlpacaEval-style) and RM scores of every model",
