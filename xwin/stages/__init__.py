@@ -9,7 +9,7 @@
     eval.py        judged benchmarks and RM scores of every model
     annotate.py    judge-labelled preference pairs (Xwin-Pair)
 
-The training stages (sft, rs, rm, dpo) live in `xwin.train`, each trainer with its torch-free
-config beside it. Every stage module defines its config and `run(config, ctx) -> metrics`, and
-is torch-free at import: the controller reads the configs, only the stage process runs them.
+The training stages live in `xwin.train`, each trainer with its torch-free config beside it.
+Every stage module defines its config and `run(config, ctx) -> metrics`, and is torch-free at
+import: the controller reads the configs, only the stage process runs them.
 """

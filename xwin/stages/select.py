@@ -171,7 +171,8 @@ def plot_best_of_n(curve: list[dict], path: Path) -> None:
     save_figure(fig, path, dpi=100)
 
 
-def flat_metrics(stats: dict, curve: list[dict]) -> dict[str, float]:
+def select_metrics(stats: dict, curve: list[dict]) -> dict[str, float]:
+    """The manifest's metrics: counts, drops, the score gap of the pairs, the best-of-N curve."""
     metrics = {
         "contexts": stats["contexts"],
         "responses": stats["responses"],
@@ -201,6 +202,6 @@ def run(config: SelectConfig, ctx: StageContext) -> dict[str, float]:
     (out / "best_of_n.json").write_text(json.dumps(curve, indent=2))
     plot_rewards(records, out / "reward_hist.png")
     plot_best_of_n(curve, out / "best_of_n.png")
-    metrics = flat_metrics(stats, curve)
+    metrics = select_metrics(stats, curve)
     ctx.commit(out, metrics)
     return metrics
