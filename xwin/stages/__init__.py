@@ -10,6 +10,6 @@
     annotate.py    judge-labelled preference pairs (Xwin-Pair)
 
 The training stages live in `xwin.train`, each trainer with its torch-free config beside it.
-Every stage module defines its config and `run(config, ctx) -> metrics`, and is torch-free at
+Every stage module here defines its config and `run(config, ctx) -> metrics` and is torch-free at
 import: the controller reads the configs, only the stage process runs them.
 """
