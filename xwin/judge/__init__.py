@@ -11,4 +11,5 @@
 - judging.py   grade(...) and compare_swapped(...): the two moves every benchmark uses
 - stats.py     win rates, Wilson and bootstrap intervals, length-controlled win rate
 - mtbench.py, alpaca.py   the benchmarks; answers.py: cached answers; report.py: tables, plots
+- verifiable.py  IFEval-style verifiable constraints: checks (strict, loose), draws, IFBench_test
 """
