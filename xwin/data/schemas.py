@@ -51,11 +51,22 @@ class Conversation(Record):
         return _check_turns(v, last="assistant")
 
 
+class VerifiableInstruction(Record):
+    """A constraint a program can check in a response (IFEval's method): the checker's id, e.g.
+    `length_constraints:number_words`, and its arguments. `xwin.judge.verifiable` checks it; here
+    it is only data, so that records stay readable without the checkers installed."""
+
+    instruction_id: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class Prompt(Record):
-    """A context to answer: messages ending with a user turn (multi-turn allowed)."""
+    """A context to answer: messages ending with a user turn (multi-turn allowed), optionally
+    with the verifiable instructions its last user turn states."""
 
     id: str
     messages: list[Message]
+    constraints: list[VerifiableInstruction] = Field(default_factory=list)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("messages")
@@ -102,6 +113,7 @@ class MultiwiseRecord(Record):
     id: str
     context: list[Message]
     responses: list[Response]
+    constraints: list[VerifiableInstruction] = Field(default_factory=list)  # the prompt's
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("context")

@@ -79,7 +79,7 @@ def load_contexts(config: AnnotateConfig, ctx: StageContext) -> list[MultiwiseRe
     with ResponseCache(ctx.workdir / "answers-cache.sqlite") as cache, CachedAnswerer(
             ctx.input("model"), config.engine, config.generation, cache) as answerer:
         samples = answerer.answer(contexts, n=config.num_samples)
-    return [MultiwiseRecord(id=p.id, context=p.messages, meta=p.meta,
+    return [MultiwiseRecord(id=p.id, context=p.messages, meta=p.meta, constraints=p.constraints,
                             responses=[Response(text=t) for t in texts])
             for p, texts in zip(prompts, samples)]
 

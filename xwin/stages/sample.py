@@ -79,7 +79,8 @@ def to_record(prompt: Prompt, samples: DistinctSamples, prompt_tokens: int) -> M
         for g in samples.generations
     ]
     meta = {**prompt.meta, "sampling": {**samples.as_meta(), "prompt_tokens": prompt_tokens}}
-    return MultiwiseRecord(id=prompt.id, context=prompt.messages, responses=responses, meta=meta)
+    return MultiwiseRecord(id=prompt.id, context=prompt.messages, responses=responses,
+                           constraints=prompt.constraints, meta=meta)
 
 
 def sampling_metrics(records: list[MultiwiseRecord], n: int) -> dict[str, float]:
