@@ -159,8 +159,10 @@ STAGES: tuple[StageDef, ...] = (
     StageDef(
         "annotate", "a judge labels response pairs (Xwin-Pair)", AnnotateConfig,
         "xwin.stages.annotate:run", _inputs(
-            samples=Input("sample", "multiwise JSONL whose responses are compared"),
-            judge=Input("prepare#base_model", "HF model folder served as the local judge"),
+            samples=Input("sample", "multiwise JSONL whose responses are compared (method "
+                          "verifiable: checked against each record's constraints)"),
+            judge=Input("prepare#base_model", "HF model folder served as the local judge "
+                        "(method verifiable: served only to decide compliance ties)"),
             responses=Input(None, "multiwise JSONL (instead of samples)"),
             prompts=Input(None, "Prompt JSONL, answered by `model` (instead of samples)"),
             model=Input(None, "HF model folder that answers `prompts`"),
