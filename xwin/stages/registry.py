@@ -157,7 +157,8 @@ STAGES: tuple[StageDef, ...] = (
         ), kind="single", image="sampler", output="report",
     ),
     StageDef(
-        "annotate", "a judge labels response pairs (Xwin-Pair)", AnnotateConfig,
+        "annotate", "a judge model or the verifiable checkers label response pairs (Xwin-Pair)",
+        AnnotateConfig,
         "xwin.stages.annotate:run", _inputs(
             samples=Input("sample", "multiwise JSONL whose responses are compared (method "
                           "verifiable: checked against each record's constraints)"),
