@@ -20,7 +20,7 @@ from judge_test_server import (
 
 from xwin.core.errors import ConfigError, UserError
 from xwin.data.mtbench import load_mtbench_questions
-from xwin.judge.stats import length_controlled_win_rate, wilson_interval
+from xwin.judge.stats import length_controlled_win_rate, mcnemar_exact_p, wilson_interval
 from xwin.stages.registry import run_stage
 
 QUESTION_IDS = [81, 101, 111]  # writing; reasoning and math (graded against references)
@@ -124,6 +124,14 @@ def test_eval_two_models_mtbench_and_alpaca_then_rerun_from_cache(
         assert summary["categories"]["math"] == pytest.approx((grades[math_q, 1] + grades[math_q, 2]) / 2)
         assert metrics[f"mtbench/{model}/score"] == pytest.approx(summary["score"])
 
+    # paired on the same (question, turn): the difference of a's and b's grades
+    grade_pairs = [(single_rating(answers["a"]["mtbench"][str(q)][t]),
+                    single_rating(answers["b"]["mtbench"][str(q)][t])) for q in QUESTION_IDS for t in (0, 1)]
+    (paired,) = results["mtbench"]["single_paired"]
+    assert (paired["model_x"], paired["model_y"], paired["n"]) == ("a", "b", 6)
+    assert paired["difference"] == pytest.approx(sum(x - y for x, y in grade_pairs) / 6)
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+
     # MT-bench pairwise: a against b on every question and turn, both orders
     scores = [expected_outcome(answers["a"]["mtbench"][str(q)][t], answers["b"]["mtbench"][str(q)][t])
               for q in QUESTION_IDS for t in (0, 1)]
@@ -143,6 +151,13 @@ def test_eval_two_models_mtbench_and_alpaca_then_rerun_from_cache(
         assert row["lc_win_rate"] == pytest.approx(length_controlled_win_rate(
             s, [len(o) for o in outs], [len(r) for r in refs]))
         assert row["avg_length"] == pytest.approx(sum(map(len, outs)) / 3)
+    # paired on the same instructions: McNemar on "beat the reference"
+    wins = {m: [expected_outcome(o, r) == 1.0 for o, r in zip(answers[m]["alpaca"], refs)] for m in ("a", "b")}
+    (paired,) = results["alpaca_paired"]
+    b_only = sum(x and not y for x, y in zip(wins["a"], wins["b"]))
+    c_only = sum(y and not x for x, y in zip(wins["a"], wins["b"]))
+    assert (paired["mcnemar"]["b"], paired["mcnemar"]["c"]) == (b_only, c_only)
+    assert paired["mcnemar"]["p_value"] == pytest.approx(mcnemar_exact_p(b_only, c_only))
 
     # the math question was graded against its reference answer
     judgments = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
@@ -152,6 +167,7 @@ def test_eval_two_models_mtbench_and_alpaca_then_rerun_from_cache(
     assert "unreliable" not in report
     assert "### MT-bench, single-answer grading" in report and "| a | " in report
     assert "### AlpacaEval-style" in report and "![Win rates](win_rates.png)" in report
+    assert "### Paired comparisons on the same prompts" in report and "| MT-bench grade | a | b | 6 |" in report
     for png in ("mtbench_scores.png", "win_rates.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -115,7 +115,27 @@ def _judged_tables(results: dict, h: str) -> list[str]:
             [[m, _pct(a["win_rate"]), _ci(a), _pct(a["lc_win_rate"]), _num(a["avg_length"], 0),
               _num(a["reference_avg_length"], 0), str(a["n"]), str(a["error"]),
               _pct(a["swap_agreement"])] for m, a in alpaca.items()])
+    single_paired = results.get("mtbench", {}).get("single_paired", [])
+    rows = [_paired_row("MT-bench grade", p, 2) for p in single_paired]
+    rows += [_paired_row("AlpacaEval score", p, 2) for p in results.get("alpaca_paired", [])]
+    if rows:
+        lines += [f"{h} Paired comparisons on the same prompts (X - Y, paired bootstrap; "
+                  "McNemar's exact test on wins against the reference)", ""]
+        lines += _paired_table(results, rows)
     return lines
+
+
+def _paired_row(what: str, p: dict, digits: int) -> list[str]:
+    mc = p.get("mcnemar")
+    return [what, p["model_x"], p["model_y"], str(p["n"]), _num(p["mean_x"], digits),
+            _num(p["mean_y"], digits), _num(p["difference"], digits),
+            f"[{_num(p['ci_low'], digits)}, {_num(p['ci_high'], digits)}]",
+            f"{mc['b']} / {mc['c']}" if mc else "", _num(mc["p_value"], 3) if mc else ""]
+
+
+def _paired_table(results: dict, rows: list[list[str]]) -> list[str]:
+    return _table(["measure", "model X", "model Y", "pairs", "mean X", "mean Y", "X - Y",
+                   _ci_header(results), "McNemar b / c", "p"], rows)
 
 
 def _plots(results: dict) -> list[str]:
@@ -141,6 +161,10 @@ def markdown(results: dict) -> str:
         lines += ["### Reward-model scores of the answers", ""]
         lines += _table(["model", "mean RM score", "answers"],
                         [[m, _num(r["mean"], 3), str(r["n"])] for m, r in reward.items()])
+        paired = results.get("reward_paired")
+        if paired:
+            lines += ["Paired on the same answers' contexts (X - Y, paired bootstrap):", ""]
+            lines += _paired_table(results, [_paired_row("RM score", p, 3) for p in paired])
     stats = judge["stats"]
     lines += ["### Judge", "",
               (f"- requests sent: {stats['requests']} (retries {stats['retries']}, refused "

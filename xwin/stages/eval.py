@@ -183,6 +183,20 @@ def reward_scores(config: EvalConfig, rm_path: Path, answers: dict, questions, a
     return out
 
 
+def paired_rewards(config: EvalConfig, reward: dict[str, dict]) -> list[dict]:
+    """Per model pair, the difference of their mean RM scores over the same answers' contexts
+    (every model answers the same questions, instructions and prompts, in the same order),
+    with a paired bootstrap interval."""
+    from itertools import combinations
+
+    from xwin.judge.stats import paired_bootstrap
+
+    return [{"model_x": x, "model_y": y,
+             **paired_bootstrap(reward[x]["scores"], reward[y]["scores"], config.confidence,
+                                config.bootstrap_samples, config.seed)}
+            for x, y in combinations(reward, 2)]
+
+
 def _finite(obj):
     """NaN (a mean of nothing: every verdict unparseable) as null: strict JSON has no NaN."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -218,6 +232,9 @@ def judge_answers(judge, config: EvalConfig, questions, alpaca_items, references
                                           single_extra)
             records += graded
             results["mtbench"]["single"] = mtbench.summarize_single(graded, list(answers))
+            if len(answers) >= 2:
+                results["mtbench"]["single_paired"] = mtbench.paired_single(
+                    graded, list(answers), config.confidence, config.bootstrap_samples, config.seed)
         if config.mtbench.pairwise and len(answers) >= 2:
             compared = mtbench.compare_models(judge, questions, by_model, config.mtbench.turns,
                                               pair_extra)
@@ -229,6 +246,9 @@ def judge_answers(judge, config: EvalConfig, questions, alpaca_items, references
             pair_extra)
         records += compared
         results["alpaca"] = alpaca_eval.summarize_alpaca(compared, *stats_args)
+        if len(answers) >= 2:
+            results["alpaca_paired"] = alpaca_eval.paired_alpaca(
+                compared, config.confidence, config.bootstrap_samples, config.seed)
     return results, records
 
 
@@ -291,6 +311,8 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
     if "reward_model" in ctx.spec.inputs:
         results["reward"] = reward_scores(config, ctx.input("reward_model"), answers, questions,
                                           alpaca_items, prompts)
+        if len(answers) >= 2:
+            results["reward_paired"] = paired_rewards(config, results["reward"])
 
     results.update(models={m: str(p) for m, p in models.items()}, answers=answer_counts,
                    confidence=config.confidence)
