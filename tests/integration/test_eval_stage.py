@@ -328,6 +328,7 @@ def test_an_always_a_judge_is_flagged_unreliable_and_its_tables_go_under_the_war
     assert len(records) == 12 and {(r["verdict_x_first"], r["verdict_y_first"]) for r in records} == {("A", "A")}
     assert metrics["judge/gate_passed"] == 0 and metrics["judge/calibration_accuracy"] == 0.5
     assert metrics["judge/calibration_swap_agreement"] == 0 and metrics["judge/calibration_requests"] == 24
+    assert cal["requests_sent"] == 24 and cal["server_start_s"] < 1  # an external endpoint
     print(f"calibration with the scripted judge: {cal['requests']} requests in {cal['seconds']:.2f} s")
 
     report = (out / "report.md").read_text()

@@ -48,7 +48,9 @@ def _gate_lines(gate: dict) -> list[str]:
     setup = (f"calibration: {cal['requests']} requests on MT-bench questions "
              f"{', '.join(map(str, cal['questions']))}, each GPT-4 reference answer against "
              f"{' and '.join(foils[k] for k in cal['by_foil'])}, both orders "
-             f"({cal['seconds']:.1f} s, {cal['requests_sent']} sent to the judge)")
+             f"({cal['seconds']:.1f} s, {cal['requests_sent']} sent to the judge"
+             + (f"; starting the judge server took {cal['server_start_s']:.0f} s more"
+                if cal.get("server_start_s") else "") + ")")
     if gate["passed"]:
         comparisons = gate["comparisons_swap_agreement"]
         return [(f"Judge checked: calibration accuracy {_pct(gate['calibration_accuracy'])} "
