@@ -4,12 +4,16 @@ stages: it answers /v1/chat/completions with scripted verdicts, injects faults o
 
 The scripted judge reads the answers out of the prompt the way a real judge would see them,
 and decides by a rule the tests can recompute independently:
-- an answer's merit is N for a `quality=N` marker in it, else its length in characters;
+- an answer's merit is N for a `quality=N` marker in it, else its length in characters; the
+  GPT-4 reference answer (shipped with MT-bench) of the question asked beats any answer, so
+  the default judge passes the eval stage's calibration (judge gate) the way a good judge does;
 - single grading: `[[rating]]` with rating = merit clipped to 1-10 for a marker, else
   1 + length % 10;
 - pairwise: the answer with the higher merit wins, equal merit is a tie `[[C]]`;
 - an answer containing POSITION_BIAS makes the judge always say `[[A]]` (order-dependent);
   an answer containing GARBLE makes it reply without any verdict.
+Other judges for the gate's tests: `always_a` (pure position bias) and `length_judge` (the
+longer answer wins, references or not).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -39,6 +44,35 @@ _MULTI_TURN = (r"### Assistant {x}:\n((?:(?!### Assistant {x}:).)*?)\n\n"
 def merit(answer: str) -> int:
     m = re.search(r"quality=(\d+)", answer)
     return int(m[1]) if m else len(answer)
+
+
+@lru_cache(maxsize=1)
+def _reference_questions() -> dict[str, str]:
+    """GPT-4 turn-1 reference answer -> the turn-1 question it answers (shipped MT-bench)."""
+    from xwin.data.mtbench import load_mtbench_questions
+
+    return {q.reference[0].strip(): q.turns[0] for q in load_mtbench_questions() if q.reference}
+
+
+def is_reference_answer(answer: str, prompt: str) -> bool:
+    """The answer is the GPT-4 reference answer of the question this prompt asks."""
+    question = _reference_questions().get(answer.strip())
+    return question is not None and f"[User Question]\n{question}\n" in prompt
+
+
+def is_calibration_request(body: dict[str, Any]) -> bool:
+    """A request of the eval stage's judge calibration: a pairwise prompt showing some GPT-4
+    reference answer as an assistant's answer (the models under test never produce one)."""
+    try:
+        answers = extract_answers(body["messages"][-1]["content"])
+    except ValueError:
+        return False
+    return len(answers) == 2 and any(a.strip() in _reference_questions() for a in answers)
+
+
+def judged_requests(requests: list[dict]) -> list[dict]:
+    """The requests of the real judgments, calibration left out."""
+    return [r for r in requests if not is_calibration_request(r)]
 
 
 def single_rating(answer: str) -> int:
@@ -84,7 +118,25 @@ def scripted_reply(body: dict[str, Any]) -> str:
         return f"The answer is adequate. Rating: [[{single_rating(answers[0])}]]"
     if any("POSITION_BIAS" in a for a in answers):
         return "The first answer is better. [[A]]"
+    ref_a, ref_b = (is_reference_answer(a, prompt) for a in answers)
+    if ref_a != ref_b:
+        return f"Only one answer fully answers the question. [[{'A' if ref_a else 'B'}]]"
     return f"Comparing both answers carefully. [[{pair_verdict(*answers)}]]"
+
+
+def always_a(body: dict[str, Any]) -> str:
+    """A judge that always prefers the first answer (and grades everything 5)."""
+    answers = extract_answers(body["messages"][-1]["content"])
+    return "Rating: [[5]]" if len(answers) == 1 else "Assistant A is better. [[A]]"
+
+
+def length_judge(body: dict[str, Any]) -> str:
+    """The longer answer wins (in characters), equal lengths tie; single grades by length too."""
+    answers = extract_answers(body["messages"][-1]["content"])
+    if len(answers) == 1:
+        return f"Rating: [[{single_rating(answers[0])}]]"
+    a, b = (len(x) for x in answers)
+    return f"The longer one. [[{'A' if a > b else 'B' if b > a else 'C'}]]"
 
 
 class ScriptedJudgeServer:

@@ -8,11 +8,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from judge_test_server import ScriptedJudgeServer, merit, single_rating
+from judge_test_server import (
+    ScriptedJudgeServer,
+    always_a,
+    is_calibration_request,
+    judged_requests,
+    length_judge,
+    merit,
+    single_rating,
+)
 
 from xwin.core.errors import ConfigError, UserError
 from xwin.data.mtbench import load_mtbench_questions
-from xwin.judge.stats import length_controlled_win_rate, wilson_interval
+from xwin.judge.stats import length_controlled_win_rate, mcnemar_exact_p, wilson_interval
 from xwin.stages.registry import run_stage
 
 QUESTION_IDS = [81, 101, 111]  # writing; reasoning and math (graded against references)
@@ -91,12 +99,19 @@ def test_eval_two_models_mtbench_and_alpaca_then_rerun_from_cache(
 
     # verdicts: single 2 models x 3 questions x 2 turns; pairwise 3 x 2 turns x 2 orders;
     # AlpacaEval 2 models x 3 instructions x 2 orders. Requests: as many, less repeats (two
-    # random tiny models sampled with one seed sometimes say the same thing)
+    # random tiny models sampled with one seed sometimes say the same thing), and the judge
+    # gate's 24 calibration requests (6 questions x 2 foils x 2 orders)
     assert results["judge"]["verdicts"] == 12 + 12 + 12
     assert len(server.requests) == metrics["judge/requests"]
-    assert len({json.dumps(r["messages"]) for r in server.requests}) == len(server.requests) > 24
+    assert len({json.dumps(r["messages"]) for r in server.requests}) == len(server.requests)
+    assert len(judged_requests(server.requests)) > 24
+    assert sum(map(is_calibration_request, server.requests)) == 24
     assert results["judge"]["unparseable"] == 0
     assert results["judge"]["swap_agreement"] == 1.0  # the scripted judge ignores positions
+    gate = results["judge_gate"]  # the scripted judge knows the reference answers: it passes
+    assert (gate["passed"], gate["calibration_accuracy"], gate["swap_agreement"]) == (True, 1.0, 1.0)
+    assert gate["comparisons_swap_agreement"] == 1.0 and gate["unparseable_share"] == 0.0
+    assert metrics["judge/gate_passed"] == 1.0
 
     # MT-bench single grades, recomputed from the answers with the judge's rule
     for model in ("a", "b"):
@@ -108,6 +123,14 @@ def test_eval_two_models_mtbench_and_alpaca_then_rerun_from_cache(
         math_q = next(q for q in QUESTION_IDS if questions[q].category == "math")
         assert summary["categories"]["math"] == pytest.approx((grades[math_q, 1] + grades[math_q, 2]) / 2)
         assert metrics[f"mtbench/{model}/score"] == pytest.approx(summary["score"])
+
+    # paired on the same (question, turn): the difference of a's and b's grades
+    grade_pairs = [(single_rating(answers["a"]["mtbench"][str(q)][t]),
+                    single_rating(answers["b"]["mtbench"][str(q)][t])) for q in QUESTION_IDS for t in (0, 1)]
+    (paired,) = results["mtbench"]["single_paired"]
+    assert (paired["model_x"], paired["model_y"], paired["n"]) == ("a", "b", 6)
+    assert paired["difference"] == pytest.approx(sum(x - y for x, y in grade_pairs) / 6)
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
 
     # MT-bench pairwise: a against b on every question and turn, both orders
     scores = [expected_outcome(answers["a"]["mtbench"][str(q)][t], answers["b"]["mtbench"][str(q)][t])
@@ -128,13 +151,23 @@ def test_eval_two_models_mtbench_and_alpaca_then_rerun_from_cache(
         assert row["lc_win_rate"] == pytest.approx(length_controlled_win_rate(
             s, [len(o) for o in outs], [len(r) for r in refs]))
         assert row["avg_length"] == pytest.approx(sum(map(len, outs)) / 3)
+    # paired on the same instructions: McNemar on "beat the reference"
+    wins = {m: [expected_outcome(o, r) == 1.0 for o, r in zip(answers[m]["alpaca"], refs)] for m in ("a", "b")}
+    (paired,) = results["alpaca_paired"]
+    b_only = sum(x and not y for x, y in zip(wins["a"], wins["b"]))
+    c_only = sum(y and not x for x, y in zip(wins["a"], wins["b"]))
+    assert (paired["mcnemar"]["b"], paired["mcnemar"]["c"]) == (b_only, c_only)
+    assert paired["mcnemar"]["p_value"] == pytest.approx(mcnemar_exact_p(b_only, c_only))
 
     # the math question was graded against its reference answer
     judgments = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert len(judgments) == 12 + 6 + 6
     report = (out / "report.md").read_text()
+    assert "Judge checked: calibration accuracy 100.0%" in report
+    assert "unreliable" not in report
     assert "### MT-bench, single-answer grading" in report and "| a | " in report
     assert "### AlpacaEval-style" in report and "![Win rates](win_rates.png)" in report
+    assert "### Paired comparisons on the same prompts" in report and "| MT-bench grade | a | b | 6 |" in report
     for png in ("mtbench_scores.png", "win_rates.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -150,11 +183,11 @@ def test_reference_question_uses_the_reference_prompt(tmp_path, server, tiny_mod
     spec = write_spec(tmp_path, server, {"model:a": str(tiny_model_dir)},
                       mtbench={"question_ids": [111], "turns": 1, "pairwise": False})
     metrics = run_stage("eval", spec)
-    (request,) = server.requests
+    (request,) = judged_requests(server.requests)  # the judge gate's calibration left out
     reference = load_mtbench_questions()[30].reference  # question 111
     assert load_mtbench_questions()[30].question_id == 111
     assert reference[0] in request["messages"][1]["content"]
-    assert metrics["judge/requests"] == 1 and not math.isnan(metrics["mtbench/a/score"])
+    assert metrics["judge/requests"] == 1 + 24 and not math.isnan(metrics["mtbench/a/score"])
 
 
 def test_constrained_verdicts_are_requested_when_configured(tmp_path, server, tiny_model_dir):
@@ -164,8 +197,12 @@ def test_constrained_verdicts_are_requested_when_configured(tmp_path, server, ti
     config["config"]["judge"].update(constrain_verdict=True, max_tokens=64)
     spec.write_text(yaml.safe_dump(config))
     run_stage("eval", spec)
-    assert server.requests[0]["structured_outputs"]["regex"].endswith(r"\[\[(10|[1-9])\]\]")
-    assert server.requests[0]["max_tokens"] == 64
+    (single,) = judged_requests(server.requests)
+    assert single["structured_outputs"]["regex"].endswith(r"\[\[(10|[1-9])\]\]")
+    assert single["max_tokens"] == 64
+    calibration = [r for r in server.requests if is_calibration_request(r)]
+    assert len(calibration) == 24  # the gate checks the judge as it judges: constrained too
+    assert all(r["structured_outputs"]["regex"].endswith(r"\[\[[ABC]\]\]") for r in calibration)
 
 
 def test_missing_models_or_reference_are_config_errors(tmp_path, server, tiny_model_dir):
@@ -234,7 +271,7 @@ def test_mtbench_question_files_in_fastchat_or_typed_format(tmp_path, server, ti
     spec = write_spec(tmp_path, server, {"model:a": str(tiny_model_dir), "mtbench": str(path)},
                       mtbench={"turns": 1, "pairwise": False})
     run_stage("eval", spec)
-    (request,) = server.requests
+    (request,) = judged_requests(server.requests)
     expected = "TYPED-REF 4" if typed else "FASTCHAT-REF 4"
     assert f"[The Start of Reference Answer]\n{expected}\n" in request["messages"][1]["content"]
 
@@ -250,3 +287,121 @@ def test_a_judge_that_never_answers_in_format_is_counted_not_guessed(tmp_path, t
     assert results["mtbench"]["pairwise"][0]["error"] == 2
     assert results["judge"]["swap_agreement"] is None
     assert "mtbench/a/score" not in metrics and metrics["judge/unparseable"] == 8
+    gate = results["judge_gate"]  # 24 calibration replies and 8 real ones, none with a verdict
+    assert (gate["passed"], gate["unparseable_share"], gate["calibration_accuracy"]) == (False, 1.0, 0.0)
+    assert gate["swap_agreement"] is None and (gate["replies"], gate["unparseable"]) == (32, 32)
+    assert metrics["judge/gate_passed"] == 0
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_always_a_judge_is_flagged_unreliable_and_its_tables_go_under_the_warning(
+        tmp_path, tiny_model_dir, second_tiny_model):
+    alpaca, reference = write_alpaca(tmp_path)
+    with ScriptedJudgeServer(reply=always_a) as server:
+        spec = write_spec(tmp_path, server, {
+            "model:a": str(tiny_model_dir), "model:b": str(second_tiny_model),
+            "alpaca": str(alpaca), "reference": str(reference)},
+            mtbench={"question_ids": [81, 111], "turns": 1})
+        metrics = run_stage("eval", spec)
+    out = committed(tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    gate = results["judge_gate"]
+    # always [[A]]: right in exactly one order of each calibration pair, never the same answer
+    # in both orders; every reply parses
+    assert gate["passed"] is False and gate["checked"] is True
+    assert (gate["calibration_accuracy"], gate["swap_agreement"]) == (0.5, 0.0)
+    assert gate["comparisons_swap_agreement"] == 0.0 and gate["unparseable_share"] == 0.0
+    assert gate["thresholds"] == {"min_swap_agreement": 0.6, "min_calibration_accuracy": 0.8,
+                                  "max_unparseable_share": 0.1}
+    cal = gate["calibration"]
+    assert (cal["requests"], cal["answered"], cal["correct"], cal["wrong"], cal["ties"]) == (24, 24, 12, 12, 0)
+    assert {k: v["accuracy"] for k, v in cal["by_foil"].items()} == {"other_question": 0.5, "truncated": 0.5}
+    assert len(gate["reasons"]) == 3  # accuracy, calibration swap agreement, comparisons' swap
+    assert "calibration accuracy 50.0% < 80%" in gate["reasons"][0]
+    # replies: 24 calibration + single 2 models x 2 questions + MT-bench pairwise 2 x 2 orders
+    # + AlpacaEval 2 models x 3 x 2 orders (requests repeat where answers do; replies count all)
+    assert gate["replies"] == 24 + 4 + 4 + 12
+    records = read_jsonl(out / "calibration.jsonl")
+    assert len(records) == 12 and {(r["verdict_x_first"], r["verdict_y_first"]) for r in records} == {("A", "A")}
+    assert metrics["judge/gate_passed"] == 0 and metrics["judge/calibration_accuracy"] == 0.5
+    assert metrics["judge/calibration_swap_agreement"] == 0 and metrics["judge/calibration_requests"] == 24
+    assert cal["requests_sent"] == 24 and cal["server_start_s"] < 1  # an external endpoint
+    print(f"calibration with the scripted judge: {cal['requests']} requests in {cal['seconds']:.2f} s")
+
+    report = (out / "report.md").read_text()
+    head = report.split("\n\n")[0]
+    assert head.endswith(": judge unreliable") and "**Judge unreliable**" in report
+    warning = report.index("**Judge unreliable**")
+    assert warning < report.index("| accuracy on the calibration set | 50.0% | >= 80.0% | **failed** |")
+    assert "| unparseable replies | 0.0% | <= 10.0% | ok |" in report
+    judged = report.index("### Judged tables (judge unreliable: not results)")
+    assert warning < judged < report.index("#### MT-bench, single-answer grading")
+    assert judged < report.index("#### MT-bench, pairwise") < report.index("#### AlpacaEval-style")
+    assert "\n### MT-bench" not in report and "\n### AlpacaEval" not in report
+    assert report.index("### Judge\n") < judged  # the judge's own figures are not judged
+    assert judged < report.index("![Win rates](win_rates.png)")
+    # the numbers are still all there, to diagnose the judge
+    assert results["mtbench"]["pairwise"][0]["inconsistent"] == 2
+    assert metrics["alpaca/a/win_rate"] == 0.5
+
+
+def test_a_length_biased_judge_fails_calibration_with_exactly_its_figures(tmp_path, tiny_model_dir):
+    with ScriptedJudgeServer(reply=length_judge) as server:
+        spec = write_spec(tmp_path, server, {"model:a": str(tiny_model_dir)},
+                          mtbench={"question_ids": [81], "turns": 1})
+        metrics = run_stage("eval", spec)
+    out = committed(tmp_path)
+    gate = json.loads((out / "results.json").read_text())["judge_gate"]
+    records = read_jsonl(out / "calibration.jsonl")
+    assert len(records) == 12
+    # recomputed from the texts compared: the longer answer wins in both orders
+    right = sum(2 for r in records if len(r["full"]) > len(r["foil"]))
+    ties = sum(2 for r in records if len(r["full"]) == len(r["foil"]))
+    assert gate["calibration_accuracy"] == pytest.approx(right / 24)
+    assert gate["calibration"]["ties"] == ties and gate["swap_agreement"] == 1.0
+    # the truncated copies are shorter, the other questions' answers longer: "longer wins"
+    # is right on exactly half the set
+    for r in records:
+        if r["foil_kind"] == "truncated":
+            words = r["full"].split()
+            assert r["full"].startswith(r["foil"]) and len(r["foil"].split()) == round(0.15 * len(words))
+        else:
+            assert r["foil_question_id"] != r["question_id"] and len(r["foil"]) > len(r["full"])
+    assert right == 12 and gate["passed"] is False and gate["comparisons_swap_agreement"] is None
+    assert gate["reasons"] == [gate["reasons"][0]] and "calibration accuracy" in gate["reasons"][0]
+    assert metrics["judge/gate_passed"] == 0
+
+
+def test_the_gate_can_be_switched_off_and_a_rerun_calibrates_from_the_cache(
+        tmp_path, server, tiny_model_dir):
+    spec = write_spec(tmp_path, server, {"model:a": str(tiny_model_dir)},
+                      mtbench={"question_ids": [81], "turns": 1})
+    run_stage("eval", spec)
+    assert sum(map(is_calibration_request, server.requests)) == 24
+    sent = len(server.requests)
+    metrics = run_stage("eval", spec)  # every calibration reply comes from the cache
+    assert len(server.requests) == sent and metrics["judge/gate_passed"] == 1
+    gate = json.loads((committed(tmp_path) / "results.json").read_text())["judge_gate"]
+    assert gate["calibration"]["requests_sent"] == 0 and gate["calibration"]["requests"] == 24
+
+    config = yaml.safe_load(spec.read_text())
+    config["config"]["judge_gate"] = {"enabled": False}
+    spec.write_text(yaml.safe_dump(config))
+    metrics = run_stage("eval", spec)
+    out = committed(tmp_path)
+    gate = json.loads((out / "results.json").read_text())["judge_gate"]
+    assert (gate["checked"], gate["passed"]) == (False, None)
+    assert "judge/gate_passed" not in metrics and not (out / "calibration.jsonl").exists()
+    assert "Judge not checked" in (out / "report.md").read_text()
+
+
+def test_a_calibration_set_larger_than_the_shipped_data_fails_before_any_answer(
+        tmp_path, server, tiny_model_dir):
+    spec = write_spec(tmp_path, server, {"model:a": str(tiny_model_dir)},
+                      judge_gate={"questions": 21})
+    with pytest.raises(ConfigError, match="judge_gate.questions"):
+        run_stage("eval", spec)
+    assert server.requests == []

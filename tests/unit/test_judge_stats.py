@@ -7,6 +7,9 @@ import torch
 from xwin.judge.stats import (
     bootstrap_interval,
     length_controlled_win_rate,
+    mcnemar_exact,
+    mcnemar_exact_p,
+    paired_bootstrap,
     wilson_interval,
     win_rate,
 )
@@ -105,3 +108,67 @@ def test_length_controlled_equals_raw_win_rate_when_length_explains_nothing():
     same = [100] * len(scores)
     assert length_controlled_win_rate(scores, same, same) == pytest.approx(np.mean(scores), abs=1e-3)
     assert math.isnan(length_controlled_win_rate([], [], []))
+
+
+@pytest.mark.parametrize("b, c, expected", [
+    (1, 6, 2 * (1 + 7) / 2**7),  # C(7,0) + C(7,1) = 8: p = 16/128 = 0.125
+    (6, 1, 2 * (1 + 7) / 2**7),  # symmetric in b and c
+    (0, 5, 2 * 1 / 2**5),  # one-sided tail C(5,0) = 1: p = 0.0625
+    (2, 10, 2 * (1 + 12 + 66) / 2**12),  # C(12,0..2) = 1, 12, 66: p = 158/4096
+    (3, 3, 1.0),  # 2 * (1 + 6 + 15 + 20) / 64 = 1.3125, capped at 1
+    (0, 0, 1.0),  # no discordant pair: no evidence either way
+])
+def test_mcnemar_exact_p_by_hand(b, c, expected):
+    assert mcnemar_exact_p(b, c) == pytest.approx(expected, abs=1e-15)
+
+
+def test_mcnemar_exact_matches_a_brute_force_binomial_and_counts_discordant_pairs():
+    # X alone succeeds on 1 prompt, Y alone on 6, both on 2, neither on 1
+    x = [True] + [False] * 6 + [True, True] + [False]
+    y = [False] + [True] * 6 + [True, True] + [False]
+    result = mcnemar_exact(x, y)
+    assert (result["b"], result["c"], result["n"]) == (1, 6, 10)
+    assert (result["x_successes"], result["y_successes"]) == (3, 8)
+    assert result["p_value"] == pytest.approx(0.125)
+    # the two-sided p by enumerating all 2^7 ways the 7 discordant pairs could fall: the share
+    # at least as extreme as the observed split (|X-only - Y-only| >= 5)
+    extreme = sum(abs(2 * bin(m).count("1") - 7) >= abs(1 - 6) for m in range(2**7))
+    assert result["p_value"] == pytest.approx(extreme / 2**7)
+    with pytest.raises(ValueError, match="differ in length"):
+        mcnemar_exact([True], [True, False])
+
+
+def test_paired_bootstrap_of_a_constant_difference_has_no_width():
+    # every prompt: X scores 2 above Y, so every resample's mean difference is exactly 2
+    result = paired_bootstrap([3.0, 5.0, 9.0, 4.0], [1.0, 3.0, 7.0, 2.0], samples=200, seed=5)
+    assert (result["difference"], result["ci_low"], result["ci_high"]) == (2.0, 2.0, 2.0)
+    assert (result["mean_x"], result["mean_y"], result["n"]) == (5.25, 3.25, 4)
+
+
+def test_paired_bootstrap_matches_a_direct_numpy_computation_with_the_same_seed():
+    rng = np.random.default_rng(7)
+    y = rng.integers(1, 11, size=25).astype(float)
+    x = np.clip(y + rng.integers(-2, 4, size=25), 1, 10)
+    result = paired_bootstrap(x.tolist(), y.tolist(), confidence=0.9, samples=500, seed=11)
+    d = x - y
+    resampled = d[np.random.default_rng(11).integers(0, 25, size=(500, 25))].mean(axis=1)
+    assert result["difference"] == pytest.approx(d.mean())
+    assert result["ci_low"] == pytest.approx(np.quantile(resampled, 0.05))
+    assert result["ci_high"] == pytest.approx(np.quantile(resampled, 0.95))
+    assert paired_bootstrap(x.tolist(), y.tolist(), samples=500, seed=11) == \
+        paired_bootstrap(x.tolist(), y.tolist(), samples=500, seed=11)
+
+
+def test_paired_bootstrap_drops_unscored_pairs_and_is_narrower_than_unpaired():
+    result = paired_bootstrap([1.0, None, 3.0, math.nan], [0.0, 2.0, 1.0, 1.0])
+    assert result["n"] == 2 and result["difference"] == pytest.approx((1 + 2) / 2)
+    assert math.isnan(paired_bootstrap([None], [1.0])["difference"])
+    # prompts differ a lot in difficulty, X is always a little better: pairing cancels the
+    # difficulty, so the paired interval is far narrower than the difference of two intervals
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0, 3, size=60)
+    x, y = difficulty + 0.5 + rng.normal(0, 0.2, 60), difficulty + rng.normal(0, 0.2, 60)
+    paired = paired_bootstrap(x.tolist(), y.tolist(), seed=1)
+    assert 0 < paired["ci_low"] < 0.5 < paired["ci_high"]
+    lo_x, hi_x = bootstrap_interval(x.tolist(), seed=1)
+    assert paired["ci_high"] - paired["ci_low"] < (hi_x - lo_x) / 5

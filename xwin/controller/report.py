@@ -6,7 +6,9 @@ What it reads (each part is left out, with a note, when its artifact is missing)
   lr, tokens_per_s, eval_*) -> loss curves; the RM's held-out accuracy;
 - select: `best_of_n.json` -> the best-of-N curve (mean best reward against N);
 - eval: `results.json` (win rates, RM scores of each model's answers) and its `report.md`
-  fragment -> win rates and reward distributions of SFT / RS / DPO answers on held-out prompts;
+  fragment -> win rates and reward distributions of SFT / RS / DPO answers on held-out prompts.
+  When eval's judge failed its gate (metric `judge/gate_passed` = 0) the headline says "judge
+  unreliable" and no judged number (mtbench/*, alpaca/*) appears in the stage table;
 - the run record and the `timings/<key>` records -> time per stage (a reused artifact shows
   the time it took when it was made).
 """
@@ -206,13 +208,43 @@ def _metric_table(metrics: dict[str, Any], limit: int = 8) -> str:
     return key_metrics(metrics, limit=limit).replace(" ", ", ")
 
 
+JUDGED_METRICS = ("mtbench/", "alpaca/")  # eval's metrics that are a judge's verdicts
+
+
+def judge_unreliable(metrics: dict[str, Any]) -> bool:
+    """The stage's judge was checked and failed (eval's judge gate)."""
+    return metrics.get("judge/gate_passed") == 0
+
+
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A stage's metrics for the stage table: no judged number when the judge failed its gate."""
+    if not judge_unreliable(metrics):
+        return metrics
+    return {k: v for k, v in metrics.items() if not k.startswith(JUDGED_METRICS)}
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def judge_warning(stage) -> str:
+    m = stage.metrics
+    return (f"- **judge unreliable** ({stage.name}): calibration accuracy "
+            f"{_pct(m.get('judge/calibration_accuracy'))}, swap agreement "
+            f"{_pct(m.get('judge/calibration_swap_agreement'))} on the calibration set, "
+            f"unparseable replies {_pct(m.get('judge/unparseable_share'))}; the judged numbers "
+            "(MT-bench grades, win rates) are not results")
+
+
 def build_report(record: RunRecord, store, out: Path) -> Path:
     """Write report.md and its plots into out."""
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# xwin run `{record.run_id}`", "",
           (f"- status: **{record.status}**; started {record.created_at}; "
            f"wall time {format_seconds(record.elapsed_s)}"),
-          f"- stages: {', '.join(record.stages)}", ""]
+          f"- stages: {', '.join(record.stages)}"]
+    md += [judge_warning(s) for s in record.stages.values() if judge_unreliable(s.metrics)]
+    md.append("")
     timings = stage_timings(record, store)
     md += ["## Stages", "", "| stage | status | attempts | time | artifact | metrics |",
            "|---|---|---|---|---|---|"]
@@ -220,7 +252,7 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
         seconds, source = timings.get(stage.name, (None, ""))
         time_text = format_seconds(seconds) + (f" ({source})" if source and source != "this run" else "")
         md.append(f"| {stage.name} | {stage.status} | {len(stage.attempts)} | {time_text} | "
-                  f"`{stage.key}` | {_metric_table(stage.metrics, limit=4)} |")
+                  f"`{stage.key}` | {_metric_table(headline_metrics(stage.metrics), limit=4)} |")
     md.append("")
     if plot := plot_timings({n: s for n, (s, _) in timings.items()}, out):
         md += [f"![time per stage]({plot.name})", ""]

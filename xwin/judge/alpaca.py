@@ -7,6 +7,7 @@ length-controlled win rate. Files use AlpacaEval's format: a JSON list (or JSONL
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -15,7 +16,12 @@ from xwin.data.io import DataError, format_record_error
 from xwin.judge.client import JudgeClient
 from xwin.judge.judging import compare_swapped
 from xwin.judge.prompts import alpaca_pair
-from xwin.judge.stats import length_controlled_win_rate, win_rate
+from xwin.judge.stats import (
+    length_controlled_win_rate,
+    mcnemar_exact,
+    paired_bootstrap,
+    win_rate,
+)
 from xwin.judge.verdicts import OUTCOME_SCORE, Outcome, swap_agreement
 
 
@@ -114,4 +120,26 @@ def summarize_alpaca(records: list[dict], confidence: float = 0.95, interval: st
             "reference_avg_length": sum(r["reference_length"] for r in mine) / len(mine),
             "swap_agreement": swap_agreement(outcomes),
         }
+    return out
+
+
+def paired_alpaca(records: list[dict], confidence: float = 0.95, samples: int = 1000,
+                  seed: int = 0) -> list[dict]:
+    """Per model pair, on the instructions both were judged on (no error either side): the
+    difference of their scores against the reference (win 1, tie or inconsistent 1/2, loss 0)
+    with a paired bootstrap interval, and McNemar's exact test on "beat the reference in both
+    orders" (`mcnemar`: b, c, p_value)."""
+    outcomes = {(r["model_x"], r["index"]): Outcome(r["outcome"]) for r in records}
+    models = list(dict.fromkeys(r["model_x"] for r in records))
+    indices = sorted({r["index"] for r in records})
+    out = []
+    for x, y in combinations(models, 2):
+        pairs = [(outcomes[x, i], outcomes[y, i]) for i in indices
+                 if (x, i) in outcomes and (y, i) in outcomes
+                 and Outcome.ERROR not in (outcomes[x, i], outcomes[y, i])]
+        out.append({"model_x": x, "model_y": y,
+                    **paired_bootstrap([OUTCOME_SCORE[a] for a, _ in pairs],
+                                       [OUTCOME_SCORE[b] for _, b in pairs], confidence, samples, seed),
+                    "mcnemar": mcnemar_exact([a is Outcome.WIN for a, _ in pairs],
+                                             [b is Outcome.WIN for _, b in pairs])})
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -122,12 +123,15 @@ class JudgeClient:
         self._backoff_max_s = backoff_max_s
         self._http: httpx.Client | None = None
         self._connect_lock = threading.Lock()
+        self.connect_s = 0.0  # time spent reaching the endpoint (starting a local server)
 
     # -- the endpoint ------------------------------------------------------------------------
     def _client(self) -> httpx.Client:
         with self._connect_lock:
             if self._http is None:
+                started = time.monotonic()
                 url = self._base_url() if callable(self._base_url) else self._base_url
+                self.connect_s = time.monotonic() - started
                 headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
                 self._http = httpx.Client(
                     base_url=url.rstrip("/"),

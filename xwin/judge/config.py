@@ -1,5 +1,6 @@
 """Settings of the judge: which endpoint answers, how hard we may push it, and where its
-answers are remembered. Shared by the `eval` and `annotate` stages."""
+answers are remembered (shared by the `eval` and `annotate` stages); and the eval stage's
+judge gate: how the judge is checked before its verdicts are believed."""
 
 from __future__ import annotations
 
@@ -68,3 +69,42 @@ class JudgeConfig(StrictModel):
         None, description="SQLite file of judge replies; default: <workdir>/judge-cache.sqlite"
     )
     server: LocalServerConfig = Field(default_factory=LocalServerConfig)
+
+
+class JudgeGateConfig(StrictModel):
+    """The eval stage checks its judge before it reports a judged number (calibration.py).
+
+    Calibration set: `questions` MT-bench questions with a GPT-4 reference answer (shipped with
+    MT-bench; drawn with `seed`), each reference compared with two foils, a different question's
+    reference answer and its own first `truncate_fraction` of words, in both orders: the full
+    reference is the right verdict. Default: 6 x 2 x 2 = 24 judge requests (a few seconds each
+    on a CPU-served small judge, cached like every judge reply).
+
+    The gate fails when any figure misses its threshold: the judge's agreement with itself under
+    position swap (on the calibration set, and on the real model comparisons when there are any),
+    its accuracy on the calibration set, or the share of its replies without a verdict. A failed
+    gate does not stop the stage: results.json, report.md and the metrics say "judge unreliable"
+    and the judged tables are shown under that warning."""
+
+    enabled: bool = Field(True, description="check the judge; off: no calibration requests, "
+                          "and the report says the judge was not checked")
+    questions: int = Field(6, ge=1, le=20, description="MT-bench questions with a reference "
+                           "answer in the calibration set (4 judge requests each)")
+    foils: list[Literal["other_question", "truncated"]] = Field(
+        default_factory=lambda: ["other_question", "truncated"], min_length=1,
+        description="what each reference answer is compared with: another question's "
+        "reference answer, and/or a truncated copy of itself")
+    truncate_fraction: float = Field(0.15, gt=0, lt=1, description="the truncated foil "
+                                     "keeps this share of the reference's words")
+    seed: int = Field(0, description="which questions (and other-question foils) are drawn")
+    min_swap_agreement: float = Field(
+        0.60, ge=0, le=1, description="least share of swapped comparisons whose two orders "
+        "agree (calibration set; model comparisons too when there are any)")
+    min_calibration_accuracy: float = Field(
+        0.80, ge=0, le=1, description="least share of calibration verdicts that name the full "
+        "reference (ties, wrong and unparseable verdicts are misses; always [[A]] scores 0.5)")
+    max_unparseable_share: float = Field(
+        0.10, ge=0, le=1, description="most share of judge replies (calibration and real, "
+        "refused requests not counted) without a parseable verdict: beyond one in ten the "
+        "judge is not following the prompt, and rates would rest on the replies it happened "
+        "to format")

@@ -12,7 +12,7 @@ from xwin.data.mtbench import NEED_REFERENCE_CATEGORIES, MTBenchQuestion
 from xwin.judge.client import JudgeClient
 from xwin.judge.judging import compare_swapped, grade
 from xwin.judge.prompts import mtbench_pair, mtbench_single
-from xwin.judge.stats import win_rate
+from xwin.judge.stats import paired_bootstrap, win_rate
 from xwin.judge.verdicts import Outcome, swap_agreement
 
 Answers = dict[str, dict[int, list[str]]]  # model label -> question_id -> answer per turn
@@ -68,6 +68,18 @@ def summarize_single(records: list[dict], models: list[str]) -> dict[str, dict]:
             "errors": sum(r["status"] == "error" for r in mine),
         }
     return out
+
+
+def paired_single(records: list[dict], models: list[str], confidence: float = 0.95,
+                  samples: int = 1000, seed: int = 0) -> list[dict]:
+    """Per model pair, the difference of their mean grades on the same (question, turn) items
+    with a paired bootstrap interval; items either model has no rating for are left out."""
+    ratings = {(r["model"], r["question_id"], r["turn"]): r["rating"] for r in records}
+    items = sorted({(r["question_id"], r["turn"]) for r in records})
+    return [{"model_x": x, "model_y": y,
+             **paired_bootstrap([ratings.get((x, *i)) for i in items],
+                                [ratings.get((y, *i)) for i in items], confidence, samples, seed)}
+            for x, y in combinations(models, 2)]
 
 
 def compare_models(client: JudgeClient, questions: list[MTBenchQuestion], answers: Answers,

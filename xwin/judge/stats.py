@@ -1,9 +1,13 @@
-"""Win rates with confidence intervals, and AlpacaEval 2.0's length-controlled win rate in a
-simplified form. Pure functions: the tests check them against values computed another way."""
+"""Win rates with confidence intervals, AlpacaEval 2.0's length-controlled win rate in a
+simplified form, and paired statistics for two models judged on the same prompts (a paired
+bootstrap of the difference of their mean scores, McNemar's exact test for paired binary
+outcomes). Pure functions: the tests check them against values computed another way."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
@@ -88,3 +92,56 @@ def length_controlled_win_rate(
         if np.abs(step).max() < 1e-10:
             break
     return float(1 / (1 + math.exp(-theta[0])))
+
+
+def paired_bootstrap(
+    x_scores: Sequence[float | None], y_scores: Sequence[float | None], confidence: float = 0.95,
+    samples: int = 1000, seed: int = 0,
+) -> dict:
+    """Mean of X's per-prompt scores minus Y's, on the same prompts, with a percentile bootstrap
+    interval that resamples prompts (each resample keeps the pairs together, so what the two
+    models share, such as a prompt's difficulty, cancels). x_scores[i] and y_scores[i] belong to
+    prompt i; a pair where either score is None or NaN (an unparseable grade) is left out.
+
+    Returns difference, ci_low, ci_high, mean_x, mean_y (over the pairs kept), n (pairs kept),
+    confidence and samples. Seeded: the same inputs and seed give the same interval."""
+    if len(x_scores) != len(y_scores):
+        raise ValueError(f"paired scores differ in length: {len(x_scores)} and {len(y_scores)}")
+    pairs = [(float(a), float(b)) for a, b in zip(x_scores, y_scores)
+             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    out = {"n": len(pairs), "confidence": confidence, "samples": samples}
+    if not pairs:
+        return {**out, "difference": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                "mean_x": math.nan, "mean_y": math.nan}
+    x, y = np.asarray(pairs).T
+    diff = x - y
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(samples, diff.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return {**out, "difference": float(diff.mean()), "ci_low": float(np.quantile(means, alpha)),
+            "ci_high": float(np.quantile(means, 1 - alpha)), "mean_x": float(x.mean()),
+            "mean_y": float(y.mean())}
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts: under the null each of the
+    n = b + c discordant pairs goes either way with probability 1/2, so
+        p = min(1, 2 * sum_{k <= min(b, c)} C(n, k) / 2^n)
+    (1 when there is no discordant pair). Exact in integers, then one division."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
+
+
+def mcnemar_exact(x_outcomes: Sequence[bool], y_outcomes: Sequence[bool]) -> dict:
+    """McNemar's exact test for paired binary outcomes (e.g. "beat the reference on prompt i")
+    of two models on the same prompts. b: prompts where only X succeeded; c: only Y. Returns
+    b, c, n (pairs), x_successes, y_successes and the two-sided exact p_value."""
+    if len(x_outcomes) != len(y_outcomes):
+        raise ValueError(f"paired outcomes differ in length: {len(x_outcomes)} and {len(y_outcomes)}")
+    b = sum(bool(x) and not bool(y) for x, y in zip(x_outcomes, y_outcomes))
+    c = sum(bool(y) and not bool(x) for x, y in zip(x_outcomes, y_outcomes))
+    return {"b": b, "c": c, "n": len(x_outcomes), "x_successes": sum(map(bool, x_outcomes)),
+            "y_successes": sum(map(bool, y_outcomes)), "p_value": mcnemar_exact_p(b, c)}

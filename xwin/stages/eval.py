@@ -3,14 +3,21 @@ folder), as Xwin-LM measures each stage.
 
 1. Answers: each model answers MT-bench (two turns, turn 2 after its own turn-1 answer), the
    AlpacaEval-format instructions and the plain eval prompts, through the sample stage's engine.
-2. MT-bench: single-answer grades 1-10 per turn (math/reasoning/coding against reference
+2. The judge gate (judge/calibration.py): before any judged number is believed, the judge
+   compares GPT-4 reference answers with known-worse foils in both orders; its accuracy there,
+   its agreement with itself under position swap and its share of unparseable replies are
+   checked against eval.judge_gate's thresholds. A failed gate stops nothing, but results.json
+   (`judge_gate`), report.md ("judge unreliable", judged tables under the warning) and the
+   metrics (`judge/gate_passed` = 0) say so.
+3. MT-bench: single-answer grades 1-10 per turn (math/reasoning/coding against reference
    answers) and pairwise comparisons between models, each pair judged in both orders.
-3. AlpacaEval-style: each model against a reference model's outputs, both orders; win rate with
+4. AlpacaEval-style: each model against a reference model's outputs, both orders; win rate with
    ties counted half, its interval, and the length-controlled win rate.
-4. Reward model (optional input): mean RM score of each model's answers.
+5. Reward model (optional input): mean RM score of each model's answers.
 
-Output: results.json, report.md (a fragment of the run report), judgments.jsonl, answers/, PNG
-plots. Judge replies and answers are cached in the workdir: a rerun asks and generates nothing.
+Output: results.json, report.md (a fragment of the run report), judgments.jsonl,
+calibration.jsonl (the judge gate's comparisons), answers/, PNG plots. Judge replies and
+answers are cached in the workdir: a rerun asks and generates nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from xwin.core.errors import ConfigError
 from xwin.core.files import write_text_atomically
 from xwin.data.io import read_records, write_records
 from xwin.data.schemas import Prompt
-from xwin.judge.config import JudgeConfig
+from xwin.judge.config import JudgeConfig, JudgeGateConfig
 from xwin.sampling.generation import EngineOptions, GenerationParams
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,9 @@ class MtBenchConfig(StrictModel):
 
 class EvalConfig(StrictModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge_gate: JudgeGateConfig = Field(
+        default_factory=JudgeGateConfig, description="check the judge on a calibration set "
+        "before its verdicts are reported as results (thresholds, calibration size)")
     engine: EngineOptions = Field(
         default_factory=EngineOptions, description="how answers are generated (the sample "
         "stage's engine: vllm or hf)")
@@ -173,6 +183,20 @@ def reward_scores(config: EvalConfig, rm_path: Path, answers: dict, questions, a
     return out
 
 
+def paired_rewards(config: EvalConfig, reward: dict[str, dict]) -> list[dict]:
+    """Per model pair, the difference of their mean RM scores over the same answers' contexts
+    (every model answers the same questions, instructions and prompts, in the same order),
+    with a paired bootstrap interval."""
+    from itertools import combinations
+
+    from xwin.judge.stats import paired_bootstrap
+
+    return [{"model_x": x, "model_y": y,
+             **paired_bootstrap(reward[x]["scores"], reward[y]["scores"], config.confidence,
+                                config.bootstrap_samples, config.seed)}
+            for x, y in combinations(reward, 2)]
+
+
 def _finite(obj):
     """NaN (a mean of nothing: every verdict unparseable) as null: strict JSON has no NaN."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -208,6 +232,9 @@ def judge_answers(judge, config: EvalConfig, questions, alpaca_items, references
                                           single_extra)
             records += graded
             results["mtbench"]["single"] = mtbench.summarize_single(graded, list(answers))
+            if len(answers) >= 2:
+                results["mtbench"]["single_paired"] = mtbench.paired_single(
+                    graded, list(answers), config.confidence, config.bootstrap_samples, config.seed)
         if config.mtbench.pairwise and len(answers) >= 2:
             compared = mtbench.compare_models(judge, questions, by_model, config.mtbench.turns,
                                               pair_extra)
@@ -219,6 +246,9 @@ def judge_answers(judge, config: EvalConfig, questions, alpaca_items, references
             pair_extra)
         records += compared
         results["alpaca"] = alpaca_eval.summarize_alpaca(compared, *stats_args)
+        if len(answers) >= 2:
+            results["alpaca_paired"] = alpaca_eval.paired_alpaca(
+                compared, config.confidence, config.bootstrap_samples, config.seed)
     return results, records
 
 
@@ -229,6 +259,11 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
     from xwin.judge.verdicts import Outcome, swap_agreement
 
     started = time.monotonic()
+    calibration_items = []
+    if config.judge_gate.enabled:  # built first: a bad size fails before answers cost anything
+        from xwin.judge.calibration import calibration_set
+
+        calibration_items = calibration_set(config.judge_gate)
     models = model_inputs(ctx)
     questions = load_questions(config.mtbench, ctx) if config.mtbench.enabled else []
     alpaca_items, references = [], []
@@ -261,24 +296,31 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
                                                   prompts, ctx.workdir / "answers-cache.sqlite")
         for label, mine in answers.items():
             _write_json(out / "answers" / f"{label}.json", mine)
+        calibration, calibration_records = calibrate(judge, config, calibration_items)
         results, records = judge_answers(judge, config, questions, alpaca_items, references,
                                          answers)
         outcomes = [Outcome(r["outcome"]) for r in records if "outcome" in r]
+        verdicts = count_verdicts(records)
         results["judge"] = {
             "model": judge.model, "base_url": config.judge.base_url or "local vLLM server",
             "server_started": judge.connected and not config.judge.base_url,
-            "stats": judge.stats.as_dict(), **count_verdicts(records),
+            "stats": judge.stats.as_dict(), **verdicts,
             "swap_agreement": swap_agreement(outcomes),
         }
+    results["judge_gate"] = gate_results(config, calibration, outcomes, verdicts)
     if "reward_model" in ctx.spec.inputs:
         results["reward"] = reward_scores(config, ctx.input("reward_model"), answers, questions,
                                           alpaca_items, prompts)
+        if len(answers) >= 2:
+            results["reward_paired"] = paired_rewards(config, results["reward"])
 
     results.update(models={m: str(p) for m, p in models.items()}, answers=answer_counts,
                    confidence=config.confidence)
     results["plots"] = write_plots(results, out, report)
     results["wall_time_s"] = round(time.monotonic() - started, 1)
     write_records(out / "judgments.jsonl", records)
+    if calibration_records:
+        write_records(out / "calibration.jsonl", calibration_records)
     _write_json(out / "results.json", results)
     (out / "report.md").write_text(report.markdown(results))
     metrics = flat_metrics(results)
@@ -286,27 +328,65 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
+def calibrate(judge, config: EvalConfig, items) -> tuple[dict | None, list[dict]]:
+    """The judge gate's calibration comparisons, timed: (summary, one record per item)."""
+    if not config.judge_gate.enabled:
+        return None, []
+    from xwin.judge.calibration import run_calibration, summarize_calibration
+    from xwin.judge.session import request_extra
+
+    started, sent, connect = time.monotonic(), judge.stats.requests, judge.connect_s
+    records = run_calibration(judge, items, request_extra(config.judge, "pairwise"))
+    summary = summarize_calibration(records)
+    # a local judge server starts on the first request that reaches it: not calibration's cost
+    summary["server_start_s"] = round(judge.connect_s - connect, 2)
+    summary["seconds"] = round(time.monotonic() - started - summary["server_start_s"], 2)
+    summary["requests_sent"] = judge.stats.requests - sent  # 0 when all came from the cache
+    log.info("judge calibration: %d requests (%d sent) in %.1f s (+ %.1f s starting the judge)",
+             summary["requests"], summary["requests_sent"], summary["seconds"],
+             summary["server_start_s"])
+    return summary, records
+
+
+def gate_results(config: EvalConfig, calibration: dict | None, outcomes, verdicts: dict) -> dict:
+    from xwin.judge.calibration import judge_gate
+
+    gate = judge_gate(config.judge_gate, calibration, outcomes,
+                      verdicts["verdicts"] - verdicts["refused"], verdicts["unparseable"])
+    if gate["passed"] is False:
+        log.warning("judge unreliable: %s", "; ".join(gate["reasons"]))
+    elif gate["passed"]:
+        log.info("judge checked: calibration accuracy %.2f, swap agreement %.2f, unparseable "
+                 "%.2f", gate["calibration_accuracy"], gate["swap_agreement"],
+                 gate["unparseable_share"])
+    return gate
+
+
 def count_verdicts(records: list[dict]) -> dict[str, int]:
-    """Judge replies, and those without a parseable verdict (refused requests not counted)."""
+    """Judge replies, those without a parseable verdict (refused requests not counted), and
+    the requests the endpoint refused."""
     single = [r for r in records if "rating" in r]
     paired = [r for r in records if "outcome" in r]
+    refused = sum(r["status"] == "error" for r in single) + sum(r["errors"] for r in paired)
     unparseable = sum(r["status"] == "unparseable" for r in single) + sum(
         (r["verdict_x_first"] is None) + (r["verdict_y_first"] is None) - r["errors"]
         for r in paired)
-    return {"verdicts": len(single) + 2 * len(paired), "unparseable": unparseable}
+    return {"verdicts": len(single) + 2 * len(paired), "unparseable": unparseable,
+            "refused": refused}
 
 
 def write_plots(results: dict, out: Path, report) -> list[str]:
     plots = []
+    note = "judge unreliable: not results" if report.gate_failed(results) else None
     single = results.get("mtbench", {}).get("single")
     if single:
-        report.plot_mtbench(single, out / "mtbench_scores.png")
+        report.plot_mtbench(single, out / "mtbench_scores.png", note)
         plots.append("mtbench_scores.png")
     rows = [(f"{p['model_x']} vs {p['model_y']} (MT-bench)", p)
             for p in results.get("mtbench", {}).get("pairwise", [])]
     rows += [(f"{m} vs reference (AlpacaEval)", a) for m, a in results.get("alpaca", {}).items()]
     if rows:
-        report.plot_win_rates(rows, out / "win_rates.png", results["confidence"])
+        report.plot_win_rates(rows, out / "win_rates.png", results["confidence"], note)
         plots.append("win_rates.png")
     return plots
 
@@ -330,6 +410,16 @@ def flat_metrics(results: dict) -> dict[str, float]:
     m["judge/server_started"] = float(judge["server_started"])
     if judge["swap_agreement"] is not None:
         m["judge/swap_agreement"] = judge["swap_agreement"]
+    gate = results["judge_gate"]
+    if gate["checked"]:
+        m["judge/gate_passed"] = float(gate["passed"])
+        for name in ("calibration_accuracy", "unparseable_share"):
+            if gate[name] is not None:
+                m[f"judge/{name}"] = gate[name]
+        if gate["swap_agreement"] is not None:
+            m["judge/calibration_swap_agreement"] = gate["swap_agreement"]
+        m["judge/calibration_requests"] = gate["calibration"]["requests"]
+        m["judge/calibration_s"] = gate["calibration"]["seconds"]
     m["answers/generated"] = results["answers"]["generated"]
     m["wall_time_s"] = results["wall_time_s"]
     return {k: float(v) for k, v in m.items() if math.isfinite(v)}
