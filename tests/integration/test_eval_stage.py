@@ -405,3 +405,46 @@ def test_a_calibration_set_larger_than_the_shipped_data_fails_before_any_answer(
     with pytest.raises(ConfigError, match="judge_gate.questions"):
         run_stage("eval", spec)
     assert server.requests == []
+
+
+def test_verifiable_prompts_are_checked_per_model_with_paired_differences(
+        tmp_path, server, tiny_model_dir, second_tiny_model):
+    """The gold metric needs no judge verdict: the numbers come from the answers the stage
+    wrote, re-checked here with the checkers' own aggregate (score_responses)."""
+    from xwin.judge.verifiable import Constraint, check, score_responses
+
+    constraints = [[{"instruction_id": "punctuation:no_comma"}],
+                   [{"instruction_id": "change_case:english_lowercase"},
+                    {"instruction_id": "punctuation:no_comma"}],
+                   [{"instruction_id": "length_constraints:number_words",
+                     "kwargs": {"num_words": 3, "relation": "at least"}}]]
+    prompts = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"Tell me about {topic}."}],
+                "constraints": cs} for i, (topic, cs) in enumerate(zip(["cats", "rain", "tea"], constraints))]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps(p) for p in prompts))
+    spec = write_spec(tmp_path, server, {
+        "model:a": str(tiny_model_dir), "model:b": str(second_tiny_model),
+        "prompts": str(tmp_path / "prompts.jsonl")},
+        mtbench={"question_ids": QUESTION_IDS[:1], "single": False, "pairwise": False},
+        judge_gate={"enabled": False})
+    metrics = run_stage("eval", spec)
+    out = committed(tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    ifeval = results["verifiable"]["ifeval"]
+    assert ifeval["n_prompts"] == 3 and set(ifeval["models"]) == {"a", "b"}
+    checked = {}
+    for label in ("a", "b"):
+        answers = json.loads((out / "answers" / f"{label}.json").read_text())["prompts"]
+        items = [(p["messages"][0]["content"], [Constraint(**c) for c in p["constraints"]], a)
+                 for p, a in zip(prompts, answers)]
+        expected = score_responses(items)
+        summary = ifeval["models"][label]
+        for level in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
+            assert summary[level]["value"] == pytest.approx(expected[level]), (label, level)
+            assert metrics[f"ifeval/{label}/{level}"] == pytest.approx(expected[level])
+        assert summary["instruction_strict"]["n"] == 4
+        checked[label] = [all(check(a, c, prompt)[0] for c in cs) for prompt, cs, a in items]
+    paired = ifeval["paired"]["b_vs_a"]
+    assert paired["diff"] == pytest.approx((sum(checked["b"]) - sum(checked["a"])) / 3)
+    assert paired["only_x"] == sum(b and not a for a, b in zip(checked["a"], checked["b"]))
+    report = (out / "report.md").read_text()
+    assert "Verifiable instruction following" in report and "b vs a" in report

@@ -118,3 +118,52 @@ def benchmark(prompts: Sequence[VerifiablePrompt], answers: Mapping[str, Mapping
                    for a, b in pairs if a in checked and b in checked},
         "by_instruction": by_instruction,
     }
+
+
+def prompts_to_check(prompts: Sequence[Any]) -> list[VerifiablePrompt]:
+    """The records (`xwin.data.schemas.Prompt`) that carry constraints, as checkable prompts: the
+    last user turn is the prompt text the checkers see."""
+    from xwin.judge.verifiable import Constraint
+
+    return [VerifiablePrompt(key=p.id, prompt=p.messages[-1].content,
+                             constraints=[Constraint(**c.model_dump()) for c in p.constraints])
+            for p in prompts if p.constraints]
+
+
+def model_pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
+    """Every later model against every earlier one, in the order the models were given (the
+    pipeline's: sft, rs, dpo): ("rs", "sft"), ("dpo", "sft"), ("dpo", "rs")."""
+    return [(labels[j], labels[i]) for j in range(len(labels)) for i in range(j)]
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}%"
+
+
+def markdown(sets: Mapping[str, Mapping[str, Any]], confidence: float = 0.95) -> list[str]:
+    """The report's tables: per set (held-out prompts, IFBench), every model's four accuracies
+    with intervals and answer lengths, then the paired differences."""
+    ci = f"{confidence:.0%} CI"
+    lines = ["### Verifiable instruction following (checked by program; no judge)", ""]
+    for name, result in sets.items():
+        lines += [f"{name}: {result['n_prompts']} prompts", "",
+                  f"| model | prompt strict | {ci} | prompt loose | instruction strict | "
+                  "instruction loose | mean length (words) | median length (words) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, s in result["models"].items():
+            lo, hi = s["prompt_strict"]["ci"]
+            lines.append(f"| {label} | {_pct(s['prompt_strict']['value'])} | [{_pct(lo)}, "
+                         f"{_pct(hi)}] | {_pct(s['prompt_loose']['value'])} | "
+                         f"{_pct(s['instruction_strict']['value'])} | "
+                         f"{_pct(s['instruction_loose']['value'])} | "
+                         f"{s['length_words']['mean']:.0f} | {s['length_words']['median']:.0f} |")
+        lines.append("")
+        if result["paired"]:
+            lines += [f"| {name}: X vs Y (prompt strict) | X - Y | {ci} (paired bootstrap) | "
+                      "only X / only Y | McNemar p |", "|---|---|---|---|---|"]
+            for pair, p in result["paired"].items():
+                lines.append(f"| {pair.replace('_vs_', ' vs ')} | {100 * p['diff']:+.1f} pts | "
+                             f"[{100 * p['ci'][0]:+.1f}, {100 * p['ci'][1]:+.1f}] | "
+                             f"{p['only_x']} / {p['only_y']} | {p['mcnemar_p']:.3f} |")
+            lines.append("")
+    return lines

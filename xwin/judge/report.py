@@ -154,6 +154,10 @@ def markdown(results: dict) -> str:
     failed = gate_failed(results)
     title = f"## Evaluation (judge: `{judge['model']}`)" + (": judge unreliable" if failed else "")
     lines = [title, ""]
+    if results.get("verifiable"):  # the gold metric first: no judge decides it
+        from xwin.judge.ifeval import markdown as verifiable_markdown
+
+        lines += verifiable_markdown(results["verifiable"], results.get("confidence", 0.95))
     if gate:
         lines += _gate_lines(gate)
     if not failed:

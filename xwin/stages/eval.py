@@ -48,6 +48,16 @@ log = logging.getLogger(__name__)
 RESERVED_INPUTS = frozenset({"judge", "mtbench", "alpaca", "reference", "prompts", "reward_model"})
 
 
+class VerifiableEvalConfig(StrictModel):
+    """The gold metric: verifiable instruction following, checked by program (xwin.judge.ifeval)."""
+
+    prompts: bool = Field(True, description="answer and check the `prompts` input's prompts that "
+                          "carry constraints (the held-out set prepare.constraints builds)")
+    ifbench: bool = Field(False, description="also answer and check the packaged IFBench_test "
+                          "(out of distribution: instruction types no training prompt has)")
+    ifbench_max_prompts: int | None = Field(None, ge=1, description="IFBench_test: the first N")
+
+
 class MtBenchConfig(StrictModel):
     enabled: bool = Field(True, description="answer and judge MT-bench")
     question_ids: list[int] = Field(default_factory=list, description="only these questions")
@@ -71,6 +81,7 @@ class EvalConfig(StrictModel):
         description="answer sampling; greedy by default (FastChat uses per-category "
         "temperatures; one greedy setting keeps answers reproducible and cacheable)")
     mtbench: MtBenchConfig = Field(default_factory=MtBenchConfig)
+    verifiable: VerifiableEvalConfig = Field(default_factory=VerifiableEvalConfig)
     alpaca_max_instructions: int | None = Field(
         None, ge=1, description="AlpacaEval input: use the first N instructions")
     max_prompts: int | None = Field(None, ge=1, description="prompts input: the first N")
@@ -125,8 +136,9 @@ def _messages(prompt: Prompt) -> list[dict[str, str]]:
 
 
 def generate_answers(config: EvalConfig, models: dict[str, Path], questions, alpaca_items,
-                     prompts: list[Prompt], cache_path: Path) -> tuple[dict, dict]:
-    """answers[label] = {"mtbench": {qid: [turns]}, "alpaca": [...], "prompts": [...]}."""
+                     prompts: list[Prompt], cache_path: Path, ifbench=()) -> tuple[dict, dict]:
+    """answers[label] = {"mtbench": {qid: [turns]}, "alpaca": [...], "prompts": [...],
+    "ifbench": [...]}."""
     from xwin.judge.answers import CachedAnswerer, answer_multi_turn
     from xwin.judge.cache import ResponseCache
 
@@ -144,6 +156,9 @@ def generate_answers(config: EvalConfig, models: dict[str, Path], questions, alp
                     mine["alpaca"] = [t[0] for t in answerer.answer(contexts)]
                 if prompts:
                     mine["prompts"] = [t[0] for t in answerer.answer([_messages(p) for p in prompts])]
+                if ifbench:
+                    contexts = [[{"role": "user", "content": item.prompt}] for item in ifbench]
+                    mine["ifbench"] = [t[0] for t in answerer.answer(contexts)]
                 answers[label] = mine
                 counts["generated"] += answerer.generated
                 counts["cache_hits"] += answerer.cache_hits
@@ -276,10 +291,17 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
         raise ConfigError("stage eval: input `reference` needs the instructions input `alpaca`")
     prompts: list[Prompt] = []
     if "prompts" in ctx.spec.inputs:
-        if "reward_model" in ctx.spec.inputs:  # plain prompts are only scored by the RM
-            prompts = list(read_records(ctx.input("prompts"), Prompt))[: config.max_prompts]
-        else:
-            log.info("eval: input `prompts` is answered only for a reward_model; none given")
+        prompts = list(read_records(ctx.input("prompts"), Prompt))[: config.max_prompts]
+        checkable = config.verifiable.prompts and any(p.constraints for p in prompts)
+        if not checkable and "reward_model" not in ctx.spec.inputs:
+            log.info("eval: input `prompts` has no constraints to check and no reward_model "
+                     "to score answers with; not answered")
+            prompts = []
+    ifbench = []
+    if config.verifiable.ifbench:
+        from xwin.judge.verifiable import load_ifbench_test
+
+        ifbench = list(load_ifbench_test())[: config.verifiable.ifbench_max_prompts]
     if not (questions or alpaca_items):
         raise ConfigError("stage eval: nothing to judge (mtbench.enabled is off, no alpaca input)")
     judge_input = ctx.input("judge") if "judge" in ctx.spec.inputs else None
@@ -293,7 +315,8 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
     with open_judge(config.judge, workdir=ctx.workdir, model_path=judge_input,
                     name=judge_name) as judge:
         answers, answer_counts = generate_answers(config, models, questions, alpaca_items,
-                                                  prompts, ctx.workdir / "answers-cache.sqlite")
+                                                  prompts, ctx.workdir / "answers-cache.sqlite",
+                                                  ifbench)
         for label, mine in answers.items():
             _write_json(out / "answers" / f"{label}.json", mine)
         calibration, calibration_records = calibrate(judge, config, calibration_items)
@@ -308,6 +331,7 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
             "swap_agreement": swap_agreement(outcomes),
         }
     results["judge_gate"] = gate_results(config, calibration, outcomes, verdicts)
+    results["verifiable"] = verifiable_results(config, prompts, ifbench, answers)
     if "reward_model" in ctx.spec.inputs:
         results["reward"] = reward_scores(config, ctx.input("reward_model"), answers, questions,
                                           alpaca_items, prompts)
@@ -323,7 +347,7 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
         write_records(out / "calibration.jsonl", calibration_records)
     _write_json(out / "results.json", results)
     (out / "report.md").write_text(report.markdown(results))
-    metrics = flat_metrics(results)
+    metrics = eval_metrics(results)
     ctx.commit(out, metrics)
     return metrics
 
@@ -391,7 +415,27 @@ def write_plots(results: dict, out: Path, report) -> list[str]:
     return plots
 
 
-def flat_metrics(results: dict) -> dict[str, float]:
+def verifiable_results(config: EvalConfig, prompts: list[Prompt], ifbench, answers: dict) -> dict:
+    """The gold metric per set: "ifeval" (the held-out constraint prompts), "ifbench"."""
+    from xwin.judge.ifeval import benchmark, model_pairs, prompts_to_check
+
+    sets = {"ifeval": (prompts_to_check(prompts), "prompts"), "ifbench": (ifbench, "ifbench")}
+    pairs = model_pairs(list(answers))
+    out = {}
+    for name, (items, kind) in sets.items():
+        if not items:
+            continue
+        by_model = {}
+        for label, mine in answers.items():
+            keyed = {p.id: a for p, a in zip(prompts, mine.get("prompts", []))} if kind == "prompts" \
+                else {item.key: a for item, a in zip(ifbench, mine.get("ifbench", []))}
+            by_model[label] = keyed
+        out[name] = benchmark(items, by_model, pairs, config.confidence, config.bootstrap_samples,
+                              config.seed)
+    return out
+
+
+def eval_metrics(results: dict) -> dict[str, float]:
     """The manifest's metrics: one number per name."""
     m: dict[str, float] = {}
     for label, s in results.get("mtbench", {}).get("single", {}).items():
@@ -420,6 +464,13 @@ def flat_metrics(results: dict) -> dict[str, float]:
             m["judge/calibration_swap_agreement"] = gate["swap_agreement"]
         m["judge/calibration_requests"] = gate["calibration"]["requests"]
         m["judge/calibration_s"] = gate["calibration"]["seconds"]
+    for name, result in results.get("verifiable", {}).items():
+        for label, s in result["models"].items():
+            for level in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose"):
+                m[f"{name}/{label}/{level}"] = s[level]["value"]
+            m[f"{name}/{label}/length_words_mean"] = s["length_words"]["mean"]
+        for pair, p in result["paired"].items():
+            m[f"{name}/{pair}/diff"] = p["diff"]
     m["answers/generated"] = results["answers"]["generated"]
     m["wall_time_s"] = results["wall_time_s"]
     return {k: float(v) for k, v in m.items() if math.isfinite(v)}
