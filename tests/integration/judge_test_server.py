@@ -160,6 +160,9 @@ class ScriptedJudgeServer:
                 pass
 
             def _send(self, status: int, payload: bytes, headers: dict | None = None):
+                # A request stops counting as in flight before its reply is written: once the
+                # client has the reply it may send the next one before this thread runs again.
+                self._done()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -186,9 +189,15 @@ class ScriptedJudgeServer:
                     fault = server.faults.pop(0) if server.faults else None
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                self._counted = True
                 try:
                     self._answer(body, fault)
                 finally:
+                    self._done()
+
+            def _done(self):
+                if getattr(self, "_counted", False):
+                    self._counted = False
                     with server._lock:
                         server.in_flight -= 1
 
