@@ -9,6 +9,9 @@ What it reads (each part is left out, with a note, when its artifact is missing)
   fragment -> win rates and reward distributions of SFT / RS / DPO answers on held-out prompts.
   When eval's judge failed its gate (metric `judge/gate_passed` = 0) the headline says "judge
   unreliable" and no judged number (mtbench/*, alpaca/*) appears in the stage table;
+- eval's `results.json` also gives the "Stage gains" table the report opens with
+  (`controller/gains.py`): per model the held-out verifiable accuracy, RM score and answer
+  length, judged numbers only where the judge passed its gate, the paired differences;
 - the run record and the `timings/<key>` records -> time per stage (a reused artifact shows
   the time it took when it was made).
 """
@@ -24,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from xwin.controller.gains import stage_gains
 from xwin.controller.progress import format_seconds, key_metrics
 from xwin.controller.state import RunRecord, RunStore
 from xwin.core.plots import new_figure, save_figure
@@ -245,6 +249,11 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
           f"- stages: {', '.join(record.stages)}"]
     md += [judge_warning(s) for s in record.stages.values() if judge_unreliable(s.metrics)]
     md.append("")
+    evaluation = record.stages.get("eval")
+    eval_folder = _fetch(store, evaluation.key) if evaluation else None
+    results_file = find_file(eval_folder, "results.json") if eval_folder else None
+    results = json.loads(results_file.read_text()) if results_file else {}
+    md += stage_gains(results)
     timings = stage_timings(record, store)
     md += ["## Stages", "", "| stage | status | attempts | time | artifact | metrics |",
            "|---|---|---|---|---|---|"]
@@ -298,13 +307,10 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
     elif select:
         md += ["(no best_of_n.json in the select output)", ""]
 
-    evaluation = record.stages.get("eval")
-    folder = _fetch(store, evaluation.key) if evaluation else None
+    folder = eval_folder
     if evaluation and folder is None:
         md += ["## Evaluation", "", "(no eval output)", ""]
     elif folder is not None:
-        results_file = find_file(folder, "results.json")
-        results = json.loads(results_file.read_text()) if results_file else {}
         fragment = find_file(folder, "report.md")
         rewards = reward_scores(results)
         if rewards:

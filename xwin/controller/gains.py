@@ -1,0 +1,80 @@
+"""The table a run's report opens with: what each stage's model gained, measured on held-out
+prompts. Per model (the base, then the pipeline's policies in order): verifiable instruction
+following (prompt-level strict accuracy with its interval: the gold metric, checked by program),
+the RM score of its held-out answers, its answers' length, and judged numbers only where the
+judge passed its gate; then the paired differences against the SFT model. Read from eval's
+results.json alone."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from xwin.stages.registry import STAGES
+
+POLICIES = tuple(stage.name for stage in STAGES if stage.output == "model")
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def model_order(labels) -> list[str]:
+    """base first, then the policies in pipeline order, then anything else by name."""
+    known = ["base", *POLICIES]
+    return [m for m in known if m in labels] + sorted(m for m in labels if m not in known)
+
+
+def stage_gains(results: dict[str, Any]) -> list[str]:
+    """Markdown lines of the "Stage gains" section, or none when eval measured nothing per model."""
+    verifiable = (results.get("verifiable") or {}).get("ifeval") or {}
+    rewards = results.get("reward") or {}
+    gate = results.get("judge_gate") or {}
+    judged_ok = bool(gate.get("checked")) and gate.get("passed") is True
+    single = (results.get("mtbench") or {}).get("single") or {}
+    labels = model_order(set(verifiable.get("models", {})) | set(rewards))
+    if not labels:
+        return []
+    conf = f"{results.get('confidence', 0.95):.0%} CI"
+    header = ["model", "verifiable (prompt strict)", conf, "RM score (held-out)",
+              "answer length (words, mean / median)"]
+    if judged_ok and single:
+        header.append("MT-bench grade")
+    lines = ["## Stage gains", "",
+             (f"Held-out prompts the training never saw ({verifiable.get('n_prompts', 0)} with "
+              "verifiable instructions, checked by program); "
+              + ("judged numbers shown: the judge passed its gate." if judged_ok else
+                 "no judged number here: the judge " + ("failed its gate (see below)."
+                                                        if gate.get("checked") else
+                                                        "was not checked."))), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in labels:
+        v = verifiable.get("models", {}).get(label, {})
+        strict = v.get("prompt_strict", {})
+        ci = strict.get("ci") or [math.nan, math.nan]
+        length = v.get("length_words", {})
+        row = [label, _pct(strict.get("value")), f"[{_pct(ci[0])}, {_pct(ci[1])}]",
+               _num((rewards.get(label) or {}).get("prompts_mean")),
+               f"{_num(length.get('mean'), 0)} / {_num(length.get('median'), 0)}"]
+        if judged_ok and single:
+            row.append(_num((single.get(label) or {}).get("score"), 2))
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    paired = verifiable.get("paired", {})
+    shown = [(name, paired[name]) for name in ("rs_vs_sft", "dpo_vs_sft", "dpo_vs_rs", "sft_vs_base")
+             if name in paired]
+    if shown:
+        lines += [f"Paired on the same prompts (prompt strict, X - Y, {conf} by paired bootstrap; "
+                  "McNemar's exact p):", ""]
+        for name, p in shown:
+            lo, hi = p["ci"]
+            verdict = "above 0" if lo > 0 else "below 0" if hi < 0 else "includes 0"
+            lines.append(f"- **{name.replace('_vs_', ' - ')}**: {100 * p['diff']:+.1f} points "
+                         f"[{100 * lo:+.1f}, {100 * hi:+.1f}] ({verdict}; n = {p['n']}, "
+                         f"p = {p['mcnemar_p']:.3f})")
+        lines.append("")
+    return lines
