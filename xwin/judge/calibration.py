@@ -20,8 +20,10 @@ The gate (judge_gate) compares with the thresholds of JudgeGateConfig:
 
 from __future__ import annotations
 
+import logging
 import random
 import re
+import time
 from dataclasses import asdict, dataclass
 
 from xwin.core.errors import ConfigError
@@ -31,6 +33,8 @@ from xwin.judge.config import JudgeGateConfig
 from xwin.judge.judging import compare_swapped
 from xwin.judge.prompts import mtbench_pair
 from xwin.judge.verdicts import Outcome, swap_agreement
+
+log = logging.getLogger(__name__)
 
 # A reference answer shorter than this is left out: cut to 15% it would keep a word or two,
 # and a one-line answer ("true.") has nothing to truncate.
@@ -194,3 +198,38 @@ def judge_gate(cfg: JudgeGateConfig, calibration: dict | None,
             "comparisons_swap_agreement": comparisons, "calibration_accuracy": accuracy,
             "unparseable_share": share, "replies": replies, "unparseable": unparseable,
             "thresholds": thresholds, "reasons": reasons, "calibration": calibration}
+
+
+def calibrate(judge: JudgeClient, judge_cfg, gate_cfg: JudgeGateConfig,
+              items: list[CalibrationItem]) -> tuple[dict | None, list[dict]]:
+    """The gate's calibration comparisons, timed: (summary, one record per item); (None, [])
+    when the gate is off. `judge_cfg`: the stage's JudgeConfig (how verdicts are requested)."""
+    if not gate_cfg.enabled:
+        return None, []
+    from xwin.judge.session import request_extra
+
+    started, sent, connect = time.monotonic(), judge.stats.requests, judge.connect_s
+    records = run_calibration(judge, items, request_extra(judge_cfg, "pairwise"))
+    summary = summarize_calibration(records)
+    # a local judge server starts on the first request that reaches it: not calibration's cost
+    summary["server_start_s"] = round(judge.connect_s - connect, 2)
+    summary["seconds"] = round(time.monotonic() - started - summary["server_start_s"], 2)
+    summary["requests_sent"] = judge.stats.requests - sent  # 0 when all came from the cache
+    log.info("judge calibration: %d requests (%d sent) in %.1f s (+ %.1f s starting the judge)",
+             summary["requests"], summary["requests_sent"], summary["seconds"],
+             summary["server_start_s"])
+    return summary, records
+
+
+def gate_results(gate_cfg: JudgeGateConfig, calibration: dict | None, outcomes,
+                 verdicts: dict) -> dict:
+    """The gate's verdict on the judge, logged; `verdicts`: eval's counts of the models' judgments."""
+    gate = judge_gate(gate_cfg, calibration, outcomes,
+                      verdicts["verdicts"] - verdicts["refused"], verdicts["unparseable"])
+    if gate["passed"] is False:
+        log.warning("judge unreliable: %s", "; ".join(gate["reasons"]))
+    elif gate["passed"]:
+        log.info("judge checked: calibration accuracy %.2f, swap agreement %.2f, unparseable "
+                 "%.2f", gate["calibration_accuracy"], gate["swap_agreement"],
+                 gate["unparseable_share"])
+    return gate

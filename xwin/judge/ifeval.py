@@ -167,3 +167,20 @@ def markdown(sets: Mapping[str, Mapping[str, Any]], confidence: float = 0.95) ->
                              f"{p['only_x']} / {p['only_y']} | {p['mcnemar_p']:.3f} |")
             lines.append("")
     return lines
+
+
+def verifiable_results(prompts: Sequence[Any], ifbench: Sequence[VerifiablePrompt],
+                       answers: Mapping[str, Mapping[str, Any]], confidence: float = 0.95,
+                       samples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The eval stage's gold metric per set: "ifeval" (its `prompts` input's constraint prompts)
+    and "ifbench" (IFBench_test items); `answers`: label -> eval's answers dict, whose "prompts"
+    and "ifbench" lists follow `prompts` and `ifbench` in order."""
+    sets = {"ifeval": (prompts_to_check(prompts), [p.id for p in prompts], "prompts"),
+            "ifbench": (list(ifbench), [item.key for item in ifbench], "ifbench")}
+    pairs = model_pairs(list(answers))
+    out = {}
+    for name, (items, keys, kind) in sets.items():
+        if items:
+            by_model = {label: dict(zip(keys, mine.get(kind, []))) for label, mine in answers.items()}
+            out[name] = benchmark(items, by_model, pairs, confidence, samples, seed)
+    return out

@@ -270,6 +270,8 @@ def judge_answers(judge, config: EvalConfig, questions, alpaca_items, references
 def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
     from xwin.judge import alpaca as alpaca_eval
     from xwin.judge import report
+    from xwin.judge.calibration import calibrate, gate_results
+    from xwin.judge.ifeval import verifiable_results
     from xwin.judge.session import open_judge
     from xwin.judge.verdicts import Outcome, swap_agreement
 
@@ -319,7 +321,8 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
                                                   ifbench)
         for label, mine in answers.items():
             _write_json(out / "answers" / f"{label}.json", mine)
-        calibration, calibration_records = calibrate(judge, config, calibration_items)
+        calibration, calibration_records = calibrate(judge, config.judge, config.judge_gate,
+                                                     calibration_items)
         results, records = judge_answers(judge, config, questions, alpaca_items, references,
                                          answers)
         outcomes = [Outcome(r["outcome"]) for r in records if "outcome" in r]
@@ -330,8 +333,9 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
             "stats": judge.stats.as_dict(), **verdicts,
             "swap_agreement": swap_agreement(outcomes),
         }
-    results["judge_gate"] = gate_results(config, calibration, outcomes, verdicts)
-    results["verifiable"] = verifiable_results(config, prompts, ifbench, answers)
+    results["judge_gate"] = gate_results(config.judge_gate, calibration, outcomes, verdicts)
+    results["verifiable"] = verifiable_results(prompts, ifbench, answers, config.confidence,
+                                               config.bootstrap_samples, config.seed)
     if "reward_model" in ctx.spec.inputs:
         results["reward"] = reward_scores(config, ctx.input("reward_model"), answers, questions,
                                           alpaca_items, prompts)
@@ -350,40 +354,6 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
     metrics = eval_metrics(results)
     ctx.commit(out, metrics)
     return metrics
-
-
-def calibrate(judge, config: EvalConfig, items) -> tuple[dict | None, list[dict]]:
-    """The judge gate's calibration comparisons, timed: (summary, one record per item)."""
-    if not config.judge_gate.enabled:
-        return None, []
-    from xwin.judge.calibration import run_calibration, summarize_calibration
-    from xwin.judge.session import request_extra
-
-    started, sent, connect = time.monotonic(), judge.stats.requests, judge.connect_s
-    records = run_calibration(judge, items, request_extra(config.judge, "pairwise"))
-    summary = summarize_calibration(records)
-    # a local judge server starts on the first request that reaches it: not calibration's cost
-    summary["server_start_s"] = round(judge.connect_s - connect, 2)
-    summary["seconds"] = round(time.monotonic() - started - summary["server_start_s"], 2)
-    summary["requests_sent"] = judge.stats.requests - sent  # 0 when all came from the cache
-    log.info("judge calibration: %d requests (%d sent) in %.1f s (+ %.1f s starting the judge)",
-             summary["requests"], summary["requests_sent"], summary["seconds"],
-             summary["server_start_s"])
-    return summary, records
-
-
-def gate_results(config: EvalConfig, calibration: dict | None, outcomes, verdicts: dict) -> dict:
-    from xwin.judge.calibration import judge_gate
-
-    gate = judge_gate(config.judge_gate, calibration, outcomes,
-                      verdicts["verdicts"] - verdicts["refused"], verdicts["unparseable"])
-    if gate["passed"] is False:
-        log.warning("judge unreliable: %s", "; ".join(gate["reasons"]))
-    elif gate["passed"]:
-        log.info("judge checked: calibration accuracy %.2f, swap agreement %.2f, unparseable "
-                 "%.2f", gate["calibration_accuracy"], gate["swap_agreement"],
-                 gate["unparseable_share"])
-    return gate
 
 
 def count_verdicts(records: list[dict]) -> dict[str, int]:
@@ -413,26 +383,6 @@ def write_plots(results: dict, out: Path, report) -> list[str]:
         report.plot_win_rates(rows, out / "win_rates.png", results["confidence"], note)
         plots.append("win_rates.png")
     return plots
-
-
-def verifiable_results(config: EvalConfig, prompts: list[Prompt], ifbench, answers: dict) -> dict:
-    """The gold metric per set: "ifeval" (the held-out constraint prompts), "ifbench"."""
-    from xwin.judge.ifeval import benchmark, model_pairs, prompts_to_check
-
-    sets = {"ifeval": (prompts_to_check(prompts), "prompts"), "ifbench": (ifbench, "ifbench")}
-    pairs = model_pairs(list(answers))
-    out = {}
-    for name, (items, kind) in sets.items():
-        if not items:
-            continue
-        by_model = {}
-        for label, mine in answers.items():
-            keyed = {p.id: a for p, a in zip(prompts, mine.get("prompts", []))} if kind == "prompts" \
-                else {item.key: a for item, a in zip(ifbench, mine.get("ifbench", []))}
-            by_model[label] = keyed
-        out[name] = benchmark(items, by_model, pairs, config.confidence, config.bootstrap_samples,
-                              config.seed)
-    return out
 
 
 def eval_metrics(results: dict) -> dict[str, float]:
