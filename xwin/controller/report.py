@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xwin.controller.gains import stage_gains
+from xwin.controller.gains import POLICIES, stage_gains
 from xwin.controller.progress import format_seconds, key_metrics
 from xwin.controller.state import RunRecord, RunStore
 from xwin.core.plots import new_figure, save_figure
@@ -36,7 +36,7 @@ from xwin.stages.registry import STAGES
 log = logging.getLogger(__name__)
 
 TRAINING_STAGES = tuple(stage.name for stage in STAGES if stage.trains)
-MODEL_STAGES = tuple(stage.name for stage in STAGES if stage.output == "model")  # policies
+MODEL_STAGES = POLICIES  # the stages whose output is a policy to evaluate
 
 
 def _fetch(store, key: str) -> Path | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xwin.judge.stats import mcnemar_exact, paired_bootstrap, wilson_interval
-from xwin.judge.verifiable import VerifiablePrompt, check
+from xwin.judge.verifiable import Constraint, VerifiablePrompt, check
 
 LEVELS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
 
@@ -123,8 +123,6 @@ def benchmark(prompts: Sequence[VerifiablePrompt], answers: Mapping[str, Mapping
 def prompts_to_check(prompts: Sequence[Any]) -> list[VerifiablePrompt]:
     """The records (`xwin.data.schemas.Prompt`) that carry constraints, as checkable prompts: the
     last user turn is the prompt text the checkers see."""
-    from xwin.judge.verifiable import Constraint
-
     return [VerifiablePrompt(key=p.id, prompt=p.messages[-1].content,
                              constraints=[Constraint(**c.model_dump()) for c in p.constraints])
             for p in prompts if p.constraints]

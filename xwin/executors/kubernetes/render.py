@@ -106,11 +106,6 @@ class RenderedStage:
     def container(self) -> k8s.V1Container:
         return self.job.spec.template.spec.containers[0]
 
-    @property
-    def completions(self) -> int:
-        """Pods the Job runs: ranks of a gang, shards of a sharded stage, else 1."""
-        return self.job.spec.completions
-
     def container_command(self) -> list[str]:
         """The container's argv."""
         return list(self.container.command) + list(self.container.args or [])
