@@ -1,8 +1,8 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from xwin.judge.stats import (
     bootstrap_interval,
@@ -67,47 +67,103 @@ def test_bootstrap_interval_is_seeded_and_shrinks_with_more_items():
     assert win_rate([Outcome.WIN, Outcome.LOSS] * 20, interval="bootstrap")["interval"] == "bootstrap"
 
 
-def lc_by_lbfgs(scores, model_len, ref_len, length_l2=1.0, intercept_l2=1e-4) -> float:
-    """The same penalised logistic fit, solved by torch's L-BFGS instead of Newton steps."""
-    y = torch.tensor(scores, dtype=torch.float64)
-    diff = torch.tensor(model_len, dtype=torch.float64) - torch.tensor(ref_len, dtype=torch.float64)
-    x = torch.tanh(diff / diff.std(unbiased=False))
-    theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([theta], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
+def alpaca_eval_lc(scores, model_lengths, reference_lengths, monkeypatch, tmp_path, glm_info=None) -> float:
+    """The LC win rate by alpaca-eval's own entry point, get_length_controlled_winrate, on the same
+    records in AlpacaEval's annotation format (output_1 the reference, output_2 the model;
+    preference 1 reference wins, 2 model wins, 1.5 tie), with the formula without the hub-only
+    terms. Its featurizer downloads df_gamed.csv for the per-instruction difficulty, which that
+    formula does not use: a local stand-in (zeros for our instruction indices) replaces the
+    download. The package ships no per-example annotations (only per-model leaderboard
+    aggregates), so the records are synthetic."""
+    import pandas as pd
+    from alpaca_eval.metrics import glm_winrate
 
-    def loss():
-        opt.zero_grad()
-        logits = theta[0] + theta[1] * x
-        value = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
-        value = value + 0.5 * (intercept_l2 * theta[0] ** 2 + length_l2 * theta[1] ** 2)
-        value.backward()
-        return value
+    gamed = tmp_path / "df_gamed.csv"
+    pd.DataFrame({"model": "gamed", "index": range(len(scores)), "instruction_difficulty": 0.0}).to_csv(
+        gamed, index=False)
+    monkeypatch.setattr(glm_winrate, "hf_hub_download", lambda **kwargs: str(gamed))
+    annotations = pd.DataFrame({
+        "preference": [{1.0: 2.0, 0.5: 1.5, 0.0: 1.0}[s] for s in scores],
+        "output_1": ["r" * int(n) for n in reference_lengths],
+        "output_2": ["m" * int(n) for n in model_lengths],
+        "generator_1": "reference", "generator_2": "model", "annotator": "judge",
+        "index": range(len(scores))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's, about the package's penalty=
+        metrics = glm_winrate.get_length_controlled_winrate(
+            annotations, glm_info=glm_info or glm_winrate.GLM_INFO["length_controlled_minimal"],
+            save_weights_dir=None, is_warn_extreme_changes=False)
+    return metrics["length_controlled_winrate"] / 100
 
-    opt.step(loss)
-    return torch.sigmoid(theta[0]).item()
 
-
-def test_length_controlled_win_rate_matches_an_independent_fit():
-    rng = np.random.default_rng(0)
-    ref_len = rng.integers(100, 600, size=60)
-    model_len = ref_len + rng.integers(-200, 400, size=60)
-    # longer answers win more often, plus noise; some ties
-    p = 1 / (1 + np.exp(-(0.2 + 2.0 * np.tanh((model_len - ref_len) / 200))))
-    scores = np.where(rng.random(60) < p, 1.0, 0.0)
+def verbose_model(seed: int, n: int, skill: float):
+    """Judged records of a model whose longer answers win more often, with noise and some ties."""
+    rng = np.random.default_rng(seed)
+    ref_len = rng.integers(100, 600, size=n)
+    model_len = np.maximum(ref_len + rng.integers(-200, 400, size=n), 1)
+    p = 1 / (1 + np.exp(-(skill + 2.0 * np.tanh((model_len - ref_len) / 200))))
+    scores = np.where(rng.random(n) < p, 1.0, 0.0)
     scores[::7] = 0.5
-    lc = length_controlled_win_rate(scores.tolist(), model_len.tolist(), ref_len.tolist())
-    assert lc == pytest.approx(lc_by_lbfgs(scores.tolist(), model_len.tolist(), ref_len.tolist()),
-                               abs=1e-6)
+    return scores.tolist(), model_len.tolist(), ref_len.tolist()
+
+
+@pytest.mark.parametrize("seed, n, skill", [(0, 60, 0.2), (1, 200, 0.8), (2, 30, 1.5), (3, 805, 0.0)])
+def test_length_controlled_win_rate_is_alpaca_evals_glm(seed, n, skill, monkeypatch, tmp_path):
+    scores, model_len, ref_len = verbose_model(seed, n, skill)
+    assert np.mean(scores) >= 0.5
+    lc = length_controlled_win_rate(scores, model_len, ref_len)
+    assert lc == pytest.approx(alpaca_eval_lc(scores, model_len, ref_len, monkeypatch, tmp_path), abs=1e-12)
     # the length bias is taken out: LC sits below the raw win rate of this verbose model
-    assert lc < scores.mean()
+    assert lc < np.mean(scores)
 
 
-def test_length_controlled_equals_raw_win_rate_when_length_explains_nothing():
+@pytest.mark.parametrize("seed, n, skill", [(4, 60, -1.0), (5, 200, -2.5), (6, 805, -1.5)])
+def test_length_controlled_win_rate_of_a_losing_model_is_the_mirrored_fit(seed, n, skill, monkeypatch,
+                                                                          tmp_path):
+    """Mostly losses: fitted on the mirrored labels (the same estimator); where both outcomes fill
+    every fold, the package's direct fit agrees up to its solver's tolerance."""
+    scores, model_len, ref_len = verbose_model(seed, n, skill)
+    assert np.mean(scores) < 0.5
+    lc = length_controlled_win_rate(scores, model_len, ref_len)
+    mirrored = [1 - s for s in scores]
+    assert lc == pytest.approx(1 - alpaca_eval_lc(mirrored, model_len, ref_len, monkeypatch, tmp_path), abs=1e-12)
+    assert lc == pytest.approx(alpaca_eval_lc(scores, model_len, ref_len, monkeypatch, tmp_path), abs=1e-3)
+    assert lc < np.mean(scores)
+
+
+def test_length_controlled_win_rate_of_one_sided_records(monkeypatch, tmp_path):
+    rng = np.random.default_rng(7)
+    model_len, ref_len = rng.integers(50, 500, size=20).tolist(), [300] * 20
+    wins = length_controlled_win_rate([1.0] * 20, model_len, ref_len)
+    assert wins == pytest.approx(alpaca_eval_lc([1.0] * 20, model_len, ref_len, monkeypatch, tmp_path), abs=1e-12)
+    assert wins > 0.99
+    # all losses: the mirror image of all wins (the package's direct fit says 50% here)
+    assert length_controlled_win_rate([0.0] * 20, model_len, ref_len) == pytest.approx(1 - wins, abs=1e-12)
+    assert length_controlled_win_rate([0.5] * 20, model_len, ref_len) == pytest.approx(0.5, abs=1e-6)
+    # one tie among 19 losses: near its raw 2.5%, as the mirror image (19 wins, one tie) is near 97.5%
+    one_tie = [0.0] * 19 + [0.5]
+    mirror = alpaca_eval_lc([1 - s for s in one_tie], model_len, ref_len, monkeypatch, tmp_path)
+    assert length_controlled_win_rate(one_tie, model_len, ref_len) == pytest.approx(1 - mirror, abs=1e-12)
+    assert mirror > 0.9
+
+
+def test_length_controlled_win_rate_at_equal_lengths_is_the_intercept_only_glm(monkeypatch, tmp_path):
+    """Equal lengths: no length feature (the package's would be 0/0); the same fit as the package's
+    GLM with the length term left out of its formula."""
     scores = [1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 1.0]
     same = [100] * len(scores)
-    assert length_controlled_win_rate(scores, same, same) == pytest.approx(np.mean(scores), abs=1e-3)
+    intercept_only = {"formula": "not_gamed_baseline.astype(float) - 1", "regularize_to_baseline_lambda": None,
+                      "kwargs": {"n_splits": 5}}
+    lc = length_controlled_win_rate(scores, same, same)
+    assert lc == pytest.approx(alpaca_eval_lc(scores, same, same, monkeypatch, tmp_path, intercept_only), abs=1e-12)
+    assert lc == pytest.approx(np.mean(scores), abs=0.02)  # L1-shrunk towards 1/2, a little
+
+
+def test_length_controlled_win_rate_of_few_items():
     assert math.isnan(length_controlled_win_rate([], [], []))
+    assert length_controlled_win_rate([1.0], [50], [80]) > 0.9  # one item: no cross-validation
+    lc = length_controlled_win_rate([1.0, 0.5, 1.0], [10, 200, 30], [50, 50, 50])  # 3 folds
+    assert 0.5 <= lc <= 1
 
 
 @pytest.mark.parametrize("b, c, expected", [

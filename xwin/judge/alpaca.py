@@ -1,8 +1,8 @@
 """AlpacaEval-style evaluation: each model's outputs against a reference model's outputs for
 the same instructions, judged in both orders; win rate (ties half) with an interval, and the
-length-controlled win rate. Files use AlpacaEval's format: a JSON list (or JSONL) of
-{"instruction", "output", "generator", ...}; an optional "input" is appended to the instruction
-(Alpaca's own data has one)."""
+length-controlled win rate (AlpacaEval 2.0's GLM, fitted by the alpaca-eval package). Files use
+AlpacaEval's format: a JSON list (or JSONL) of {"instruction", "output", "generator", ...}; an
+optional "input" is appended to the instruction (Alpaca's own data has one)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,9 @@ def compare_to_reference(client: JudgeClient, items: list[AlpacaItem], reference
 
 def summarize_alpaca(records: list[dict], confidence: float = 0.95, interval: str = "wilson",
                      bootstrap_samples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per model: win rate against the reference with its interval and counts; lc_win_rate, the
+    win rate at equal length (stats.length_controlled_win_rate, over the judged items: ties and
+    inconsistent verdicts half, unparseable ones left out); average lengths; swap agreement."""
     out = {}
     for model in dict.fromkeys(r["model_x"] for r in records):
         mine = [r for r in records if r["model_x"] == model]

@@ -1,11 +1,12 @@
-"""Win rates with confidence intervals, AlpacaEval 2.0's length-controlled win rate in a
-simplified form, and paired statistics for two models judged on the same prompts (a paired
-bootstrap of the difference of their mean scores, McNemar's exact test for paired binary
-outcomes). Pure functions: the tests check them against values computed another way."""
+"""Win rates with confidence intervals, AlpacaEval 2.0's length-controlled win rate (fitted by
+the alpaca-eval package's GLM), and paired statistics for two models judged on the same prompts
+(a paired bootstrap of the difference of their mean scores, McNemar's exact test for paired
+binary outcomes). Pure functions: the tests check them against values computed another way."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from statistics import NormalDist
@@ -61,37 +62,64 @@ def win_rate(
 
 
 def length_controlled_win_rate(
-    scores: list[float],
-    model_lengths: list[int],
-    reference_lengths: list[int],
-    length_l2: float = 1.0,
-    intercept_l2: float = 1e-4,
+    scores: list[float], model_lengths: list[int], reference_lengths: list[int]
 ) -> float:
-    """AlpacaEval 2.0's length-controlled win rate, simplified: fit
-        P(model beats reference) = sigmoid(a + b * tanh((len_model - len_ref) / sd))
-    by penalised maximum likelihood on soft labels (win 1, tie 1/2, loss 0), sd the standard
-    deviation of the length differences; report sigmoid(a), the win rate the fit predicts at
-    equal length. AlpacaEval also fits per-instruction difficulty; one reference and one
-    model need no such term. length_l2 is sklearn's default C=1 on b; the tiny intercept_l2
-    only keeps a finite answer when every item is won (or lost)."""
+    """AlpacaEval 2.0's length-controlled win rate, fitted by the alpaca-eval package's own GLM
+    (alpaca_eval.metrics.glm_winrate): the logistic model
+        P(model beats reference) = sigmoid(w_len * tanh((len_ref - len_model) / sd) + w_0)
+    on soft labels (win 1, tie 1/2, loss 0), sd the standard deviation (ddof 1) of the length
+    differences, fitted with an L1 penalty whose strength 5-fold cross-validation picks; the
+    LC win rate is the fit's prediction at equal length, sigmoid(w_0), in [0, 1] (AlpacaEval
+    reports it x100). NaN when nothing was judged.
+
+    Why not alpaca_eval's entry point, get_length_controlled_winrate: its featurizer always
+    downloads df_gamed.csv from the tatsu-lab/alpaca_eval hub dataset (no hub here), and its
+    default formula, length_controlled_v1, adds a per-instruction difficulty and regularises
+    towards two "gamed" baselines, both from that file and defined only for AlpacaEval's own 805
+    instructions, not for ours. So: its formula without those terms (GLM_INFO
+    "length_controlled_minimal"), the featurization its _get_featurized_data does (a few lines,
+    below), and its own make_dmatrix_for_model and fit_LogisticRegressionCV.
+    tests/unit/test_judge_stats.py checks this equals get_length_controlled_winrate (the download
+    stubbed) on the same records. Where the package's code cannot or does not answer:
+    - fewer than 5 judged items: GroupKFold needs one item per fold, so min(5, n) folds; one
+      item: the package's own uncross-validated branch (n_splits=0, C=100);
+    - all length differences equal (or one item): sd is 0 (or NaN) and the package's length
+      feature 0/0; here it is 0, the length carrying no information;
+    - a mean score below 1/2: fitted on the mirrored labels (1 - score) and mirrored back. The
+      same estimator (no free intercept, a symmetric penalty: mirroring negates the weights), but
+      liblinear drops the zero-weight rows of the package's soft-label trick and fits a training
+      set left with losses only as if they were wins: all losses would come out at 50%."""
     y = np.asarray(scores, dtype=float)
     if y.size == 0:
         return math.nan
-    diff = np.asarray(model_lengths, dtype=float) - np.asarray(reference_lengths, dtype=float)
-    sd = diff.std()
-    x = np.tanh(diff / sd) if sd > 0 else np.zeros_like(diff)
-    features = np.stack([np.ones_like(x), x], axis=1)
-    penalty = np.diag([intercept_l2, length_l2])
-    theta = np.zeros(2)
-    for _ in range(100):  # Newton's method: two parameters, a convex objective
-        p = 1 / (1 + np.exp(-(features @ theta)))
-        grad = features.T @ (p - y) + penalty @ theta
-        hess = features.T @ (features * (p * (1 - p))[:, None]) + penalty
-        step = np.linalg.solve(hess, grad)
-        theta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(1 / (1 + math.exp(-theta[0])))
+    if y.mean() < 0.5:
+        return 1 - length_controlled_win_rate((1 - y).tolist(), model_lengths, reference_lengths)
+    import pandas as pd  # heavy imports, for the eval stage only
+    import sklearn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # alpaca_eval imports pkg_resources
+        from alpaca_eval.metrics.glm_winrate import (
+            GLM_INFO,
+            fit_LogisticRegressionCV,
+            make_dmatrix_for_model,
+        )
+    glm = GLM_INFO["length_controlled_minimal"]
+    # as _get_featurized_data: output_1 is the reference, output_2 the model
+    delta = pd.Series(np.asarray(reference_lengths, dtype=float) - np.asarray(model_lengths, dtype=float))
+    sd = delta.std()
+    train = pd.DataFrame({"preference": y, "std_delta_len": delta / sd if sd > 0 else 0.0,
+                          "not_gamed_baseline": True})
+    test = pd.DataFrame({"std_delta_len": 0.0, "not_gamed_baseline": [True] * y.size})
+    train_xy, test_x = make_dmatrix_for_model(train, test, formula=glm["formula"])
+    n_splits = min(glm["kwargs"]["n_splits"], y.size) if y.size > 1 else 0
+    # the package turns sklearn's metadata routing on globally: keep that inside this fit
+    with sklearn.config_context(), warnings.catch_warnings():
+        # scikit-learn 1.8+ deprecates the penalty= the package passes (pyproject pins < 1.10)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Inconsistent values: penalty=l1", category=UserWarning)
+        model = fit_LogisticRegressionCV(train_xy, "preference", is_ytrue_proba=True, n_splits=n_splits)
+    return float(model.predict_proba(test_x)[:, 1].mean())
 
 
 def paired_bootstrap(
