@@ -4,13 +4,16 @@ committed, validated files and never a path on someone's laptop.
     base_model/          HF safetensors folder (from an HF folder, a .gguf, or a packaged model)
     sft.jsonl            Conversation records for SFT (ShareGPT)
     prompts.jsonl        Prompt records for Xwin-Set sampling (disjoint from the SFT data)
-    eval_prompts.jsonl   held-out Prompt records for eval (reference reply in meta.reference)
+    val_prompts.jsonl    Prompt records for choosing settings (constraints.validation_prompts)
+    eval_prompts.jsonl   held-out Prompt records for eval (reference reply in meta.reference);
+                         with constraints.mtbench_prompts also MT-bench questions after them
     mtbench.jsonl        MT-bench questions (MTBenchQuestion records)
     pairs.jsonl          PreferencePair records for the reward model
     sources.json         what was imported from where, with the import reports
 
 ShareGPT conversations are split by conversation group (the parts `X_0`, `X_1` of one chat stay
-together), so no prompt or pair context shares a chat with the SFT data.
+together), so no prompt or pair context shares a chat with the SFT data. MT-bench questions
+that become constraint prompts are never questions of mtbench.jsonl.
 
 Preference pairs: a user-supplied file (a real Xwin-Pair, or one labelled by `annotate`), else a
 stand-in built without any external service, labelled `source: demo-stand-in`: the held-out
@@ -61,7 +64,18 @@ class ConstraintsConfig(StrictModel):
     """Verifiable instructions on the run's prompts (IFEval's method: "answer in under 100 words",
     "no commas", ...), drawn seeded from the checkers' registry (`xwin.judge.verifiable`): the
     gold metric a program checks and no stage trains on. Training prompts draw their arguments
-    from the train pool, held-out eval prompts from a disjoint held-out pool."""
+    from the train pool, held-out eval prompts from a disjoint held-out pool.
+
+    The prompts are ShareGPT first turns; `mtbench_prompts` adds a second source to the held-out
+    set: MT-bench first-turn questions, written unlike ShareGPT chats (crafted, one task each,
+    spread over eight categories), so that eval also measures compliance on prompts from a
+    distribution no training prompt comes from. They are drawn (seeded by `PrepareConfig.seed`,
+    spread over the categories) from the questions mtbench.jsonl does not hold, since eval
+    judges those, and they get constraints exactly as the ShareGPT prompts do, after them in
+    their split's stream (so the ShareGPT prompts' constraints do not change). They carry
+    `meta.source: "mtbench"` and `meta.source_id: "mtbench:<question_id>"`; a prompt without
+    `meta.source` is ShareGPT's. `mtbench_validation_prompts` does the same for val_prompts
+    (train arguments, like the rest of that split), with other questions again."""
 
     enabled: bool = Field(False, description="put constraints on prompts, val_prompts, eval_prompts")
     min_per_prompt: int = Field(1, ge=1, description="constraints per prompt, at least")
@@ -71,12 +85,23 @@ class ConstraintsConfig(StrictModel):
     validation_prompts: int = Field(
         0, ge=0, description="prompts carved from the training side into val_prompts.jsonl, "
         "disjoint by chat: choose settings on these, never on eval_prompts")
+    mtbench_prompts: int = Field(
+        0, ge=0, description="MT-bench first-turn questions added to eval_prompts.jsonl after its "
+        "ShareGPT prompts, constrained from the held-out pool: a held-out prompt source no "
+        "training prompt comes from; never a question of mtbench.jsonl, of any length "
+        "(prompt_max_chars filters ShareGPT's); see the class docstring")
+    mtbench_validation_prompts: int = Field(
+        0, ge=0, description="the same for val_prompts.jsonl (train-pool arguments), with "
+        "questions neither in mtbench.jsonl nor among the mtbench_prompts ones")
     seed: int = Field(0, description="seeds the draw (each split draws its own stream)")
 
     @model_validator(mode="after")
     def _range(self) -> ConstraintsConfig:
         if self.max_per_prompt < self.min_per_prompt:
             raise ValueError("max_per_prompt is below min_per_prompt")
+        if (self.mtbench_prompts or self.mtbench_validation_prompts) and not self.enabled:
+            raise ValueError("mtbench_prompts and mtbench_validation_prompts make constraint "
+                             "prompts: they need enabled: true")
         return self
 
 
@@ -92,7 +117,7 @@ class PrepareConfig(StrictModel):
     max_turns: int | None = Field(2, ge=1, description="keep the first T exchanges of a chat")
     max_chars: int | None = Field(3000, ge=1, description="drop conversations longer than this")
     prompts: int = Field(32, ge=1, description="prompts to sample Xwin-Set responses for")
-    eval_prompts: int = Field(16, ge=0, description="held-out prompts for eval")
+    eval_prompts: int = Field(16, ge=0, description="held-out ShareGPT prompts for eval")
     prompt_max_chars: int = Field(400, ge=1, description="longest prompt (first user turn) kept")
     mtbench_questions: int = Field(5, ge=0, description="MT-bench questions, spread over categories")
     mtbench_file: str | None = Field(None, description="MT-bench question.jsonl; None: packaged")
@@ -129,13 +154,7 @@ def run(config: PrepareConfig, ctx: StageContext) -> dict[str, float]:
     out = ctx.workdir / "out"  # survives a restart: finished files are not redone
     out.mkdir(parents=True, exist_ok=True)
     import_base_model(config, out / "base_model")
-    splits, report = split_sharegpt(config)
-    constraint_counts = add_constraints(config.constraints, splits) if config.constraints.enabled else {}
-    write_once(out / "sft.jsonl", splits["sft"])
-    write_once(out / "prompts.jsonl", splits["prompts"])
-    write_once(out / "val_prompts.jsonl", splits["val_prompts"])
-    write_once(out / "eval_prompts.jsonl", splits["eval_prompts"])
-    mtbench = write_mtbench(config, out / "mtbench.jsonl")
+    splits, report, constraint_counts, mtbench = write_prompt_data(config, out)
     pairs = write_pairs(config, splits["pair_prompts"], out / "base_model", out / "pairs.jsonl")
     (out / "sources.json").write_text(json.dumps({
         "base_model": config.base_model, "sharegpt": report,
@@ -153,6 +172,36 @@ def run(config: PrepareConfig, ctx: StageContext) -> dict[str, float]:
     }
     ctx.commit(out, metrics)
     return metrics
+
+
+def write_prompt_data(config: PrepareConfig, out: Path
+                      ) -> tuple[dict[str, list], dict[str, Any], dict[str, Any], int]:
+    """sft, prompts, val_prompts, eval_prompts and mtbench.jsonl into `out` (all prepare writes
+    but the base model, the pairs and sources.json; no model needed). Returns the splits (pair
+    contexts too), the ShareGPT import report, the constraint counts and the number of
+    questions in mtbench.jsonl."""
+    from xwin.data.io import write_records
+    from xwin.data.mtbench import load_mtbench_questions
+
+    splits, report = split_sharegpt(config)
+    c = config.constraints
+    wanted = c.mtbench_prompts + c.mtbench_validation_prompts  # 0 unless c.enabled
+    questions = load_mtbench_questions(config.mtbench_file) \
+        if config.mtbench_questions or wanted else []
+    judged = judged_mtbench_questions(config.mtbench_questions, questions)
+    constraint_counts: dict[str, Any] = {}
+    if c.enabled:
+        added = add_mtbench_prompts(config, questions, judged, splits)
+        constraint_counts = add_constraints(c, splits)
+        for name, ids in added.items():
+            if ids:  # absent when off: sources.json stays as it was
+                constraint_counts[name]["mtbench_question_ids"] = ids
+    write_once(out / "sft.jsonl", splits["sft"])
+    write_once(out / "prompts.jsonl", splits["prompts"])
+    write_once(out / "val_prompts.jsonl", splits["val_prompts"])
+    write_once(out / "eval_prompts.jsonl", splits["eval_prompts"])
+    mtbench = write_records(out / "mtbench.jsonl", judged)
+    return splits, report, constraint_counts, mtbench
 
 
 def write_once(path: Path, records) -> int:
@@ -276,25 +325,61 @@ def add_constraints(config: ConstraintsConfig, splits: dict[str, list]) -> dict[
     return counts
 
 
-def write_mtbench(config: PrepareConfig, path: Path) -> int:
-    from xwin.data.io import write_records
-    from xwin.data.mtbench import load_mtbench_questions
-
-    if config.mtbench_questions == 0:
-        write_records(path, [])
-        return 0
-    questions = load_mtbench_questions(config.mtbench_file)
+def judged_mtbench_questions(count: int, questions: list) -> list:
+    """mtbench.jsonl's questions: the first `count` of the file, taken round-robin over the
+    categories (all of them when the file holds fewer), by question id."""
     by_category: dict[str, list] = {}
     for q in questions:
         by_category.setdefault(q.category, []).append(q)
-    chosen = []
-    while len(chosen) < min(config.mtbench_questions, len(questions)):  # round-robin categories
+    chosen: list = []
+    while len(chosen) < min(count, len(questions)):  # round-robin categories
         for category in sorted(by_category):
-            if by_category[category] and len(chosen) < config.mtbench_questions:
+            if by_category[category] and len(chosen) < count:
                 chosen.append(by_category[category].pop(0))
-    write_records(path, sorted(chosen, key=lambda q: q.question_id))
-    return len(chosen)
+    return sorted(chosen, key=lambda q: q.question_id)
 
+
+def add_mtbench_prompts(config: PrepareConfig, questions: list, judged: list,
+                        splits: dict[str, list]) -> dict[str, list[int]]:
+    """Append `constraints.mtbench_prompts` MT-bench first turns to splits["eval_prompts"] and
+    `constraints.mtbench_validation_prompts` to splits["val_prompts"], unconstrained yet
+    (add_constraints draws theirs), from the questions not in `judged` (mtbench.jsonl): within
+    each category in an order seeded by `config.seed`, taken round-robin over the categories,
+    eval's first, so that the validation count never changes which questions eval gets.
+    Returns the question ids each split got."""
+    from xwin.data.schemas import Message, Prompt
+
+    c = config.constraints
+    wanted = {"eval_prompts": c.mtbench_prompts, "val_prompts": c.mtbench_validation_prompts}
+    if not any(wanted.values()):
+        return {name: [] for name in wanted}
+    excluded = {q.question_id for q in judged}
+    left = [q for q in questions if q.question_id not in excluded]
+    if sum(wanted.values()) > len(left):
+        raise UserError(
+            f"prepare.constraints: mtbench_prompts + mtbench_validation_prompts ask for "
+            f"{sum(wanted.values())} MT-bench questions, but {len(left)} of the file's "
+            f"{len(questions)} are left once mtbench.jsonl's {len(excluded)} (mtbench_questions, "
+            "judged by eval) are taken out; lower them or mtbench_questions")
+    by_category: dict[str, list] = {}
+    for q in sorted(left, key=lambda q: _group_rank(f"mtbench:{q.question_id}", config.seed)):
+        by_category.setdefault(q.category, []).append(q)
+    order: list = []
+    while len(order) < len(left):
+        for category in sorted(by_category):
+            if by_category[category]:
+                order.append(by_category[category].pop(0))
+    added: dict[str, list[int]] = {}
+    start = 0
+    for name, n in wanted.items():
+        picked = order[start:start + n]
+        start += n
+        splits[name] = [*splits[name], *(Prompt(
+            id=f"mtbench:{q.question_id}#0", messages=[Message(role="user", content=q.turns[0])],
+            meta={"source": "mtbench", "source_id": f"mtbench:{q.question_id}", "turn": 0,
+                  "question_id": q.question_id, "category": q.category}) for q in picked)]
+        added[name] = [q.question_id for q in picked]
+    return added
 
 def write_pairs(config: PrepareConfig, contexts: list, model_dir: Path, path: Path) -> int:
     from xwin.data.io import count_records, read_records, write_records
