@@ -46,3 +46,18 @@ def test_judged_numbers_appear_only_behind_a_passed_gate():
 def test_nothing_measured_means_no_section_and_the_order_is_base_then_the_pipeline():
     assert stage_gains({}) == []
     assert model_order({"dpo", "zeta", "base", "rs", "sft"}) == ["base", "sft", "rs", "dpo", "zeta"]
+
+
+def test_the_summary_carries_each_models_gold_metric_and_every_paired_difference():
+    from xwin.controller.gains import gains_summary
+
+    summary = gains_summary(results(gate_passed=False))
+    assert summary["gold_metric"] == "ifeval prompt-level strict accuracy (held-out, 100 prompts)"
+    assert list(summary["models"]) == ["base", "sft", "dpo"]
+    assert summary["models"]["dpo"] == {"value": 0.41, "ci": [0.32, 0.51], "n": 100,
+                                        "length_words_mean": 60, "rm_score": 1.25}
+    assert summary["models"]["base"]["rm_score"] is None
+    assert summary["paired"]["dpo_vs_sft"] == {"diff": 0.11, "ci": [0.03, 0.19], "n": 100,
+                                               "mcnemar_p": 0.012}
+    assert summary["judge_gate"] == {"checked": True, "passed": False}
+    assert gains_summary({"reward": {"sft": {"prompts_mean": 0.5}}}) is None

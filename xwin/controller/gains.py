@@ -78,3 +78,28 @@ def stage_gains(results: dict[str, Any]) -> list[str]:
                          f"p = {p['mcnemar_p']:.3f})")
         lines.append("")
     return lines
+
+
+GOLD_METRIC = "ifeval prompt-level strict accuracy"
+
+
+def gains_summary(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The Stage gains in machine-readable form (the report's `gains.json`; a study adds its
+    command, wall time and CPU): per model the gold metric's value, interval and prompt count,
+    and every paired difference with its interval. None when eval checked no verifiable prompt."""
+    verifiable = (results.get("verifiable") or {}).get("ifeval") or {}
+    if not verifiable.get("models"):
+        return None
+    models = {}
+    for label in model_order(verifiable["models"]):
+        strict = verifiable["models"][label].get("prompt_strict") or {}
+        length = verifiable["models"][label].get("length_words") or {}
+        models[label] = {"value": strict.get("value"), "ci": strict.get("ci"), "n": strict.get("n"),
+                         "length_words_mean": length.get("mean"),
+                         "rm_score": ((results.get("reward") or {}).get(label) or {}).get("prompts_mean")}
+    paired = {name: {"diff": p["diff"], "ci": p["ci"], "n": p["n"], "mcnemar_p": p.get("mcnemar_p")}
+              for name, p in (verifiable.get("paired") or {}).items()}
+    gate = results.get("judge_gate") or {}
+    return {"gold_metric": f"{GOLD_METRIC} (held-out, {verifiable.get('n_prompts', 0)} prompts)",
+            "confidence": results.get("confidence", 0.95), "models": models, "paired": paired,
+            "judge_gate": {"checked": bool(gate.get("checked")), "passed": gate.get("passed")}}

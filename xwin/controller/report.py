@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from xwin.controller.gains import POLICIES, stage_gains
+from xwin.controller.gains import POLICIES, gains_summary, stage_gains
 from xwin.controller.progress import format_seconds, key_metrics
 from xwin.controller.state import RunRecord, RunStore
 from xwin.core.plots import new_figure, save_figure
@@ -241,7 +241,7 @@ def judge_warning(stage) -> str:
 
 
 def build_report(record: RunRecord, store, out: Path) -> Path:
-    """Write report.md and its plots into out."""
+    """Write report.md, its plots and gains.json (the Stage gains, machine-readable) into out."""
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# xwin run `{record.run_id}`", "",
           (f"- status: **{record.status}**; started {record.created_at}; "
@@ -254,6 +254,8 @@ def build_report(record: RunRecord, store, out: Path) -> Path:
     results_file = find_file(eval_folder, "results.json") if eval_folder else None
     results = json.loads(results_file.read_text()) if results_file else {}
     md += stage_gains(results)
+    if (gains := gains_summary(results)) is not None:
+        (out / "gains.json").write_text(json.dumps(gains, indent=2) + "\n")
     timings = stage_timings(record, store)
     md += ["## Stages", "", "| stage | status | attempts | time | artifact | metrics |",
            "|---|---|---|---|---|---|"]
