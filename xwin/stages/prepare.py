@@ -381,6 +381,7 @@ def add_mtbench_prompts(config: PrepareConfig, questions: list, judged: list,
         added[name] = [q.question_id for q in picked]
     return added
 
+
 def write_pairs(config: PrepareConfig, contexts: list, model_dir: Path, path: Path) -> int:
     from xwin.data.io import count_records, read_records, write_records
     from xwin.data.schemas import PreferencePair
