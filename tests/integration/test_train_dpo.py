@@ -1,5 +1,6 @@
 """The DPO stage from the CLI: starts at log 2 (policy = reference), the loss falls, reference
-log-probs are cached and kept with the output, and the online reference gives the same run."""
+log-probs are cached and kept with the output, and the online reference gives the same run;
+SimPO trains with no reference at all, and rpo_alpha adds the chosen replies' NLL."""
 
 from __future__ import annotations
 
@@ -51,3 +52,36 @@ def test_online_reference_trains_exactly_like_the_precomputed_one(tmp_path, tiny
         assert metrics["reference_online"] == float(reference == "online")
     assert losses["online"] == pytest.approx(losses["precompute"], abs=1e-5)
     assert losses["online"][0] == pytest.approx((1 / (2 * 0.1)) ** 2, rel=1e-4)  # IPO at h = 0
+
+
+def test_simpo_trains_without_any_reference(tmp_path, tiny_model_dir):
+    data = write_word_pairs(tmp_path / "pairs.jsonl", count=12)
+    spec = write_spec(tmp_path, "dpo", {"model": tiny_model_dir, "train": data},
+                      {**TINY, "max_steps": 6, "zero_stage": 0, "loss_type": "simpo", "beta": 2.0,
+                       "simpo_gamma": 0.5, "eval_fraction": 0.0})
+    run_workers("dpo", spec, nproc=1)
+    folder, metrics = committed(tmp_path, "runs/t/dpo")
+    steps = history(folder)
+    # nothing of a reference: no cached or kept log-probs, no reference metrics
+    assert metrics["reference_free"] == 1.0 and metrics["reference_online"] == 0.0
+    assert "reference_chosen_logps_mean" not in metrics
+    assert not (folder / "reference_logps.json").exists()
+    assert not list((tmp_path / "work").rglob("reference-logps-*"))
+    assert "is reference-free" in (tmp_path / f"{spec.stem}-rank0.log").read_text()
+    # 3 micro-batches an epoch: the second epoch against the first, over the same pairs
+    first, second = steps[:3], steps[3:]
+    assert sum(r["loss"] for r in second) / 3 < sum(r["loss"] for r in first) / 3 - 0.1
+    assert sum(r["reward_margin"] for r in second) > sum(r["reward_margin"] for r in first)
+    assert {"reward_accuracy", "reward_chosen", "reward_rejected", "logps_chosen"} <= set(steps[0])
+
+
+def test_rpo_alpha_adds_the_chosen_nll_to_the_dpo_loss(tmp_path, tiny_model_dir):
+    data = write_word_pairs(tmp_path / "pairs.jsonl", count=12)
+    spec = write_spec(tmp_path, "dpo", {"model": tiny_model_dir, "train": data},
+                      {**TINY, "max_steps": 1, "zero_stage": 0, "rpo_alpha": 0.5, "eval_fraction": 0.0})
+    run_workers("dpo", spec, nproc=1)
+    folder, _ = committed(tmp_path, "runs/t/dpo")
+    first = history(folder)[0]
+    # policy == reference at step 1: DPO gives log 2, RPO adds 0.5 x the per-token NLL of the chosen replies
+    assert first["nll_chosen"] > 0
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll_chosen"], abs=1e-4)

@@ -3,7 +3,8 @@ config beside it (the TRL pattern), so the controller plans a run without import
 
     sft.py, sft_config.py    stages sft and rs: assistant-token cross-entropy
     rm.py, rm_config.py      stage rm: Bradley-Terry on (chosen, rejected), held-out accuracy
-    dpo.py, dpo_config.py    stage dpo: DPO / IPO against reference log-probs
+    dpo.py, dpo_config.py    stage dpo: DPO, IPO, RSO hinge, robust DPO (reference log-probs), SimPO
+                             (reference-free), each with an optional RPO NLL term
     config.py                TrainConfig: the settings every training stage shares
     loop.py                  the one training loop (train), evaluation, the per-example gather
     losses.py                the objectives as pure functions of tensors

@@ -6,7 +6,8 @@ the first step (when policy and reference are the same weights), and keeps the n
 second model in memory. They are cached in the workdir keyed by the model, the data and the
 max length, and written to the output as reference_logps.json. `online` keeps a frozen copy and
 runs it beside the policy at every step (needed when the reference differs from the start).
-Sequence log-probs sum the reply's tokens only (IPO: their mean).
+SimPO is reference-free: neither happens. Sequence log-probs sum the reply's tokens only (IPO
+and SimPO: their mean); `rpo_alpha` adds the chosen reply's per-token NLL to any of the losses.
 
 Inputs: `model` (HF folder) and `train` (PreferencePair JSONL). Output: an HF folder.
 Config: `dpo_config.py` (torch-free, read by the controller)."""
@@ -37,7 +38,7 @@ from xwin.train.harness import (
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
-from xwin.train.losses import dpo_loss, reply_labels, token_logps
+from xwin.train.losses import dpo_loss, reply_labels, rpo_nll_loss, simpo_loss, token_logps
 from xwin.train.pairs import PairCollator, PairExample
 
 log = logging.getLogger(__name__)
@@ -89,18 +90,26 @@ class PrecomputedReference:
         return torch.cat([self.table[index, 0], self.table[index, 1]]).to(batch["input_ids"].device)
 
 
+LENGTH_NORMALISED = ("ipo", "simpo")  # losses defined on per-token average log-probs
+
+
 def make_dpo_step(config: DpoConfig, reference):
-    """reference(batch) -> summed reference log-probs [2n] of the batch's replies."""
+    """reference(batch) -> summed reference log-probs [2n] of the batch's replies; None (and never
+    called) for a reference-free loss."""
 
     def dpo_step(engine, batch):
         sums, counts = reply_logps(engine, batch)
-        ref = reference(batch)
-        if config.loss_type == "ipo":  # IPO works on per-token averages
-            sums, ref = sums / counts.clamp(min=1), ref / counts.clamp(min=1)
+        averages = sums / counts.clamp(min=1)
         n = batch["pair_index"].shape[0]
-        loss, chosen, rejected = dpo_loss(sums[:n], sums[n:], ref[:n], ref[n:], config.beta,
-                                          config.label_smoothing, config.loss_type)
-        return loss, {
+        if config.loss_type == "simpo":  # reference-free
+            loss, chosen, rejected = simpo_loss(averages[:n], averages[n:], config.beta, config.simpo_gamma)
+        else:
+            policy, ref = sums, reference(batch)
+            if config.loss_type in LENGTH_NORMALISED:
+                policy, ref = averages, ref / counts.clamp(min=1)
+            loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], config.beta,
+                                              config.label_smoothing, config.loss_type)
+        metrics = {
             "reward_accuracy": (chosen > rejected).float().mean(),
             "reward_margin": (chosen - rejected).mean(),
             "reward_chosen": chosen.mean(),
@@ -108,6 +117,10 @@ def make_dpo_step(config: DpoConfig, reference):
             "logps_chosen": sums[:n].detach().mean(),
             "logps_rejected": sums[n:].detach().mean(),
         }
+        if config.rpo_alpha is not None:
+            loss = loss + rpo_nll_loss(averages[:n], config.rpo_alpha)
+            metrics["nll_chosen"] = -averages[:n].detach().mean()
+        return loss, metrics
 
     return dpo_step
 
@@ -133,8 +146,11 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
         model = load_causal_lm(model_dir, load_dtype(config))
     model.config.use_cache = False
 
-    precomputed = None
-    if config.reference == "precompute":
+    precomputed = reference = None
+    if not config.needs_reference:
+        log.info("dpo: loss_type %s is reference-free: no reference model, no reference log-probs",
+                 config.loss_type)
+    elif config.reference == "precompute":
         key = digest({"model": input_fingerprint(ctx, "model"), "data": input_fingerprint(ctx, "train"),
                       "max_length": config.max_length, "dtype": load_dtype(config)})
         precomputed = PrecomputedReference(ctx.workdir / f"reference-logps-{key}.pt", pairs, collate,
@@ -156,7 +172,8 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
     result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints,
                    prepare=precomputed.prepare if precomputed else None)
     write_model = export_causal_lm(result, config.zero_stage, place, tokenizer)
-    extra = {"reference_online": float(config.reference == "online")}
+    extra = {"reference_online": float(config.needs_reference and config.reference == "online"),
+             "reference_free": float(not config.needs_reference)}
     if precomputed is not None:
         table = precomputed.table
         extra.update(reference_chosen_logps_mean=table[:, 0].mean().item(),

@@ -79,6 +79,9 @@ def bradley_terry_loss(
     return loss, accuracy
 
 
+DpoLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
+
+
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -86,28 +89,74 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float,
     label_smoothing: float = 0.0,
-    loss_type: Literal["sigmoid", "ipo"] = "sigmoid",
+    loss_type: DpoLossType = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Direct Preference Optimization over a batch of pairs; returns (mean loss, chosen rewards,
-    rejected rewards) where a reward is beta * (log pi - log pi_ref) of that reply (detached).
+    """Direct Preference Optimization and its variants over a batch of pairs [B]; returns (mean
+    loss, chosen rewards [B], rejected rewards [B]) where a reward is beta * (log pi - log pi_ref)
+    of that reply (detached).
 
-    With h = (pi_c - ref_c) - (pi_r - ref_r):
-      sigmoid: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (eps = label_smoothing,
-               conservative DPO; eps = 0 is the original DPO loss)
-      ipo:     (h - 1 / (2 beta))^2   (Azar et al.; the paper's log-probs are per-token averages,
-               so callers pass length-normalised log-probs for IPO)
+    With h = (pi_c - ref_c) - (pi_r - ref_r), eps = label_smoothing, per pair:
+      sigmoid: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (Rafailov et al. 2023;
+               eps > 0 is conservative DPO, eps = 0 the original loss)
+      ipo:     (h - 1 / (2 beta))^2   (Azar et al. 2023; the paper's log-probs are per-token
+               averages, so callers pass length-normalised log-probs for IPO)
+      hinge:   max(0, 1 - beta h)   (RSO, Liu et al. 2023, after SLiC: 1 / beta is the margin)
+      robust:  (-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)) / (1 - 2 eps)
+               (Chowdhury et al. 2024, "Provably Robust DPO": an unbiased estimate of the DPO loss
+               when each label is flipped with probability eps; needs 0 <= eps < 0.5, and eps = 0
+               is the original loss. Unlike the others it is unbounded below when eps > 0.)
+    label_smoothing is ignored by ipo and hinge.
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     pi_c, pi_r = policy_chosen_logps.float(), policy_rejected_logps.float()
     ref_c, ref_r = ref_chosen_logps.float(), ref_rejected_logps.float()
     h = (pi_c - ref_c) - (pi_r - ref_r)
+    eps = label_smoothing
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * h) * (1 - label_smoothing) - F.logsigmoid(-beta * h) * label_smoothing
+        losses = -F.logsigmoid(beta * h) * (1 - eps) - F.logsigmoid(-beta * h) * eps
     elif loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * h)
+    elif loss_type == "robust":
+        if not 0 <= eps < 0.5:
+            raise ValueError(f"robust DPO needs 0 <= label_smoothing < 0.5, got {eps}")
+        losses = (-F.logsigmoid(beta * h) * (1 - eps) + F.logsigmoid(-beta * h) * eps) / (1 - 2 * eps)
     else:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected 'sigmoid' or 'ipo'")
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; expected 'sigmoid', 'ipo', 'hinge' or 'robust'")
     chosen_rewards = beta * (pi_c - ref_c).detach()
     rejected_rewards = beta * (pi_r - ref_r).detach()
     return losses.mean(), chosen_rewards, rejected_rewards
+
+
+def simpo_loss(
+    chosen_avg_logps: torch.Tensor,
+    rejected_avg_logps: torch.Tensor,
+    beta: float,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al. 2024): reference-free, on length-normalised log-probs [B] (a reply's
+    summed log-probs over its token count). Returns (mean loss, chosen rewards [B], rejected
+    rewards [B]) like `dpo_loss`, a reward being beta / |y| * log pi(y | x) (detached).
+
+    Per pair: -log sigmoid(beta * (chosen_avg - rejected_avg) - gamma); gamma is the target
+    reward margin (the paper's gamma, not gamma / beta). No reference model is involved.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen_rewards = beta * chosen_avg_logps.float()
+    rejected_rewards = beta * rejected_avg_logps.float()
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
+    return losses.mean(), chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def rpo_nll_loss(chosen_avg_logps: torch.Tensor, rpo_alpha: float) -> torch.Tensor:
+    """The NLL term RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization") adds to
+    a preference loss: rpo_alpha * mean over pairs of -(1 / |y_c|) log pi(y_c | x), from the
+    chosen replies' length-normalised log-probs [B]. Each pair weighs the same whatever its
+    length (TRL's rpo_alpha averages over all chosen tokens of the batch instead; the two agree
+    when the chosen replies have equal lengths)."""
+    if rpo_alpha < 0:
+        raise ValueError(f"rpo_alpha must be >= 0, got {rpo_alpha}")
+    return rpo_alpha * -chosen_avg_logps.float().mean()
