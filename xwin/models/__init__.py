@@ -1,5 +1,6 @@
 """Models: loading bases, the reward model, and writing what every tool loads unchanged.
 
+    device.py      the device policy: cuda:<local rank> when CUDA is present, else the CPU
     loading.py     HF folders and GGUF files in (GGUF de-quantized), HF safetensors folders out
     reward.py      RewardModel: an LM body with a scalar value head; saving and loading it
     scoring.py     scoring (context, reply) pairs with a reward model in length-sorted batches

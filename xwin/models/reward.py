@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoModel
 
 from xwin.core.errors import UserError
+from xwin.models.device import place_model
 from xwin.models.loading import torch_dtype
 
 REWARD_CONFIG = "reward_config.json"
@@ -131,7 +132,8 @@ class RewardModel(nn.Module):
 
 def load_reward_model(path: str | Path, dtype: str = "float32",
                       device: str | torch.device | None = None) -> RewardModel:
-    """A reward model saved by the rm stage, in eval mode."""
+    """A reward model saved by the rm stage, in eval mode on `device`, by default the device
+    policy's (xwin.models.device)."""
     path = Path(path)
     config_file = path / REWARD_CONFIG
     if not config_file.exists():
@@ -144,4 +146,4 @@ def load_reward_model(path: str | Path, dtype: str = "float32",
     head = nn.Linear(body.config.hidden_size, 1, bias=True, dtype=dtype_)
     head.load_state_dict({k: v.to(dtype_) for k, v in load_file(str(path / info["value_head"])).items()})
     model = RewardModel(body, head).eval()
-    return model.to(device) if device is not None else model
+    return place_model(model, device)
