@@ -1,12 +1,17 @@
 """The reward-model stage from the CLI: trains on 2 processes and saves a model the scoring stage
-loads; on a task whose preferred reply is knowable it beats chance on held-out pairs."""
+and transformers' own classifier load to the same rewards; on a task whose preferred reply is
+knowable it beats chance on held-out pairs."""
 
 from __future__ import annotations
 
 import json
 
+import torch
 from train_support import committed, history, run_workers, write_spec, write_word_pairs
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from xwin.data.dataset import pad_right
+from xwin.data.templating import tokenize_prompt_and_reply
 from xwin.models.loading import load_tokenizer
 from xwin.models.reward import REWARD_CONFIG, load_reward_model
 
@@ -30,9 +35,18 @@ def test_rm_on_two_processes_trains_and_saves_a_loadable_reward_model(tmp_path, 
     assert json.loads((folder / REWARD_CONFIG).read_text())["max_length"] == 128
 
     model = load_reward_model(folder)
-    rewards = model.score(load_tokenizer(folder), [[{"role": "user", "content": "Say the word tiger."}]] * 2,
-                          ["tiger", "piano"])
+    contexts, replies = [[{"role": "user", "content": "Say the word tiger."}]] * 2, ["tiger", "piano"]
+    rewards = model.score(load_tokenizer(folder), contexts, replies)
     assert len(rewards) == 2 and rewards[0] != rewards[1]
+
+    # the folder is a standard classifier: transformers alone gives the same rewards
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sequences = [tokenize_prompt_and_reply(tokenizer, c, r, 128).input_ids for c, r in zip(contexts, replies)]
+    with torch.no_grad():
+        plain = classifier(input_ids=pad_right(sequences, tokenizer.pad_token_id),
+                           attention_mask=pad_right([[1] * len(s) for s in sequences], 0)).logits.squeeze(-1)
+    assert max(abs(a - b) for a, b in zip(plain.tolist(), rewards)) < 1e-5
 
 
 def test_rm_beats_chance_on_held_out_pairs_of_a_knowable_task(tmp_path, tiny_model_dir):

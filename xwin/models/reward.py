@@ -1,34 +1,59 @@
 """The reward model: a language model's body (no LM head) and a scalar value head read at the
 last token of context + reply, the end-of-turn token that closes the reply.
 
-On disk: the body as a plain HF folder (transformers' AutoModel loads it), the tokenizer, and
-`value_head.safetensors` + `reward_config.json` beside them. The scoring stage uses
-`load_reward_model(path).score(...)` or `.forward(input_ids, attention_mask)`.
+On disk: a standard `AutoModelForSequenceClassification` folder (num_labels 1, the value head as
+the class's `score` layer, pad_token_id set) with its tokenizer, so transformers, TRL and vLLM
+load what the rm stage writes unchanged; `reward_config.json` beside it keeps what the trainer
+knows (format version, max_length, held-out reward statistics). `load_reward_model(path)` loads
+that folder, any other single-label sequence classifier, and folders of the first format (an
+AutoModel body + `value_head.safetensors`).
 
-Why not AutoModelForSequenceClassification: it finds the last token by looking for the pad id,
-and SmolLM2's (and many chat models') pad token is the end-of-turn token itself, so the reward
-would be read one token early. Here the attention mask decides.
+Pooling. In this process the attention mask decides where the reward is read (the last attended
+token). transformers' classifier instead reads the rightmost token that is not the pad id, and
+SmolLM2's (and many chat models') pad token is the end-of-turn token itself, which would move
+the reward one token early. So the saved folder gets a pad token that is no end-of-turn token
+(`reward_pad_token`): then both read the same token and give the same reward. vLLM reads the
+last token of each sequence, which is also that token.
+
+The value head has no bias, as in transformers' decoder classifiers, TRL and vLLM. Nothing is
+lost: the Bradley-Terry loss sees only reward differences, so a bias never gets a gradient and
+the first format's heads (bias initialised at 0) all kept a bias of exactly 0. A first-format
+folder whose bias is not 0 (set by hand) still loads with it and scores as before; saving it in
+the standard format drops the bias with a warning: every reward then moves by the same constant,
+which changes no ranking and no pair margin, only absolute levels (e.g. select's min_score).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoModel
+from transformers import (
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from xwin.core.errors import UserError
+from xwin.models.device import place_model
 from xwin.models.loading import torch_dtype
 
+log = logging.getLogger(__name__)
+
 REWARD_CONFIG = "reward_config.json"
-VALUE_HEAD = "value_head.safetensors"
 FORMAT = "xwin-reward-model"
+FORMAT_VERSION = 2  # 1: AutoModel body + value_head.safetensors; 2: AutoModelForSequenceClassification
+LEGACY_VALUE_HEAD = "value_head.safetensors"
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -48,9 +73,8 @@ class RewardModel(nn.Module):
         if value_head is None:
             # small random init (as OpenRLHF/InstructGPT heads): rewards start near 0 and the
             # body still gets gradient at step one (a zero head would block it)
-            value_head = nn.Linear(hidden, 1, bias=True, dtype=body.dtype)
+            value_head = nn.Linear(hidden, 1, bias=False, dtype=body.dtype)
             nn.init.normal_(value_head.weight, std=1.0 / math.sqrt(hidden + 1))
-            nn.init.zeros_(value_head.bias)
         self.value_head = value_head
 
     @property
@@ -109,39 +133,130 @@ class RewardModel(nn.Module):
 
     def save(self, out_dir: Path, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None,
              info: dict[str, Any] | None = None) -> None:
-        """Write body + tokenizer + head into out_dir (an empty folder; callers make it atomic).
-        `state_dict` (keys body.* and value_head.*) overrides the module's own, e.g. the weights
-        gathered from ZeRO-3 shards."""
+        """Write the standard folder (see the module docstring) into out_dir, an empty folder
+        (callers make it atomic). `state_dict` (keys body.* and value_head.*) overrides the
+        module's own, e.g. the weights gathered from ZeRO-3 shards. `tokenizer` is not changed:
+        the folder's copy gets the pad token."""
         state = state_dict if state_dict is not None else self.state_dict()
-        body_state = {k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}
-        head_state = {k[len("value_head."):]: v.contiguous() for k, v in state.items() if k.startswith("value_head.")}
-        self.body.save_pretrained(out_dir, state_dict=body_state, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
-        save_file(head_state, str(Path(out_dir) / VALUE_HEAD))
+        pad_token, pad_id = reward_pad_token(tokenizer)
+        classifier, head_name = empty_classifier(self.body.config, pad_id)
+        out = classifier_state_dict(state, classifier, head_name)
+        classifier.save_pretrained(out_dir, state_dict=out, safe_serialization=True)
+        saved_tokenizer = copy.deepcopy(tokenizer)
+        saved_tokenizer.pad_token = pad_token
+        saved_tokenizer.save_pretrained(out_dir)
         config = {
             "format": FORMAT,
-            "version": 1,
-            "value_head": VALUE_HEAD,
-            "hidden_size": self.body.config.hidden_size,
+            "version": FORMAT_VERSION,
+            "layout": "AutoModelForSequenceClassification",
+            "architecture": type(classifier).__name__,
+            "head": head_name,
+            "pad_token": pad_token,
             "pooling": "last attended token (the reply's end-of-turn token)",
             **(info or {}),
         }
         (Path(out_dir) / REWARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
+def reward_pad_token(tokenizer: Any) -> tuple[str, int]:
+    """(token, id) of the saved folder's pad: the first of the tokenizer's pad, unk, other added
+    special tokens and bos that is no end-of-turn token (see the module docstring). The bos
+    comes last because it occurs in every sequence, and a pad's embedding gets no gradient when
+    another trainer fine-tunes the folder."""
+    from xwin.data.templating import end_of_turn_ids
+
+    ends = end_of_turn_ids(tokenizer)
+    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id]
+    candidates += sorted(i for i, t in tokenizer.added_tokens_decoder.items() if t.special)
+    candidates.append(tokenizer.bos_token_id)
+    for token_id in candidates:
+        if token_id is not None and int(token_id) not in ends:
+            return tokenizer.convert_ids_to_tokens(int(token_id)), int(token_id)
+    raise UserError(f"tokenizer {tokenizer.name_or_path!r}: every special token ends a turn, so no pad token "
+                    "lets transformers find the reply's last token; add a pad token to the tokenizer")
+
+
+def empty_classifier(body_config: PretrainedConfig, pad_id: int | None = None) -> tuple[PreTrainedModel, str]:
+    """The single-label sequence classifier of the body's architecture, on the meta device (no
+    memory), with the name of its head: the layout the saved weights must fill."""
+    config = copy.deepcopy(body_config)
+    config.num_labels = 1
+    if pad_id is not None:
+        config.pad_token_id = pad_id
+    if type(config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        raise UserError(f"model type {config.model_type!r} has no AutoModelForSequenceClassification")
+    # the class itself, not from_config: that would shard it under a live ZeRO-3 config, and
+    # only rank 0 saves
+    with torch.device("meta"):
+        classifier = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)](config)
+    return classifier, _head_name(classifier)
+
+
+def classifier_state_dict(state: dict[str, torch.Tensor], classifier: PreTrainedModel,
+                          head_name: str) -> dict[str, torch.Tensor]:
+    """RewardModel weights (body.*, value_head.*) under the classifier's names: the body under
+    its base-model prefix, the value head as the classifier's head (a bias it lacks is dropped,
+    one it has and we lack is 0)."""
+    prefix = classifier.base_model_prefix
+    out = {f"{prefix}.{k[len('body.'):]}": v for k, v in state.items() if k.startswith("body.")}
+    head = {k[len("value_head."):]: v for k, v in state.items() if k.startswith("value_head.")}
+    out[f"{head_name}.weight"] = head["weight"].contiguous()
+    bias = head.get("bias")
+    if getattr(classifier, head_name).bias is not None:
+        out[f"{head_name}.bias"] = bias if bias is not None else torch.zeros(1, dtype=head["weight"].dtype)
+    elif bias is not None and bool(torch.any(bias != 0)):
+        log.warning("value head bias %s dropped (the standard head has none): every reward moves by %s; "
+                    "rankings and pair margins are unchanged", bias.tolist(), (-bias).tolist())
+    if set(out) != (expected := set(classifier.state_dict())):
+        raise ValueError(f"reward model weights do not fit {type(classifier).__name__}: missing "
+                         f"{sorted(expected - set(out))[:5]}, unexpected {sorted(set(out) - expected)[:5]}")
+    return out
+
+
+def _head_name(classifier: PreTrainedModel) -> str:
+    heads = [name for name, _ in classifier.named_children() if name != classifier.base_model_prefix]
+    head = getattr(classifier, heads[0]) if len(heads) == 1 else None
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise UserError(f"{type(classifier).__name__}: the classifier head is not one linear layer with one "
+                        f"output ({', '.join(heads)}); xwin's reward model needs one")
+    return heads[0]
+
+
 def load_reward_model(path: str | Path, dtype: str = "float32",
                       device: str | torch.device | None = None) -> RewardModel:
-    """A reward model saved by the rm stage, in eval mode."""
+    """A reward model in eval mode on `device`, by default the device policy's
+    (xwin.models.device): a folder the rm stage saved (either format) or any single-label
+    AutoModelForSequenceClassification folder."""
     path = Path(path)
-    config_file = path / REWARD_CONFIG
-    if not config_file.exists():
-        raise UserError(f"{path}: not a reward model folder (no {REWARD_CONFIG})")
-    info = json.loads(config_file.read_text())
-    if info.get("format") != FORMAT:
-        raise UserError(f"{config_file}: format {info.get('format')!r}, expected {FORMAT!r}")
+    info = {}
+    if (config_file := path / REWARD_CONFIG).exists():
+        info = json.loads(config_file.read_text())
+        if info.get("format") != FORMAT:
+            raise UserError(f"{config_file}: format {info.get('format')!r}, expected {FORMAT!r}")
+    if not (path / "config.json").exists():
+        raise UserError(f"{path}: not a reward model folder (no config.json)")
     dtype_ = torch_dtype(dtype)
-    body = AutoModel.from_pretrained(path, dtype=dtype_)
-    head = nn.Linear(body.config.hidden_size, 1, bias=True, dtype=dtype_)
-    head.load_state_dict({k: v.to(dtype_) for k, v in load_file(str(path / info["value_head"])).items()})
-    model = RewardModel(body, head).eval()
-    return model.to(device) if device is not None else model
+    if info.get("version", 1) == 1 and info.get("value_head"):
+        model = _load_first_format(path, info["value_head"], dtype_)
+    else:
+        model = _load_classifier(path, dtype_)
+    return place_model(model.eval(), device)
+
+
+def _load_classifier(path: Path, dtype: torch.dtype) -> RewardModel:
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(f"{path}: not a reward model folder (architectures {architectures}, no {REWARD_CONFIG})")
+    classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+    if classifier.config.num_labels != 1:
+        raise UserError(f"{path}: a classifier with {classifier.config.num_labels} labels; a reward model has 1")
+    return RewardModel(classifier.base_model, getattr(classifier, _head_name(classifier)))
+
+
+def _load_first_format(path: Path, head_file: str, dtype: torch.dtype) -> RewardModel:
+    """Format 1: an AutoModel body and a value head (with a bias) in its own file."""
+    body = AutoModel.from_pretrained(path, dtype=dtype)
+    head_state = {k: v.to(dtype) for k, v in load_file(str(path / head_file)).items()}
+    head = nn.Linear(body.config.hidden_size, 1, bias="bias" in head_state, dtype=dtype)
+    head.load_state_dict(head_state)
+    return RewardModel(body, head)

@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from xwin.models.device import place_model
 from xwin.models.loading import load_causal_lm
 from xwin.sampling.generation import Engine, EngineOptions, Generation, GenerationParams
 
@@ -14,7 +15,7 @@ from xwin.sampling.generation import Engine, EngineOptions, Generation, Generati
 class HfEngine(Engine):
     def __init__(self, model_dir, options: EngineOptions):
         super().__init__(model_dir, options)
-        self.model = load_causal_lm(self.model_dir, options.dtype).eval()
+        self.model = place_model(load_causal_lm(self.model_dir, options.dtype).eval())  # the device policy's
         torch.manual_seed(options.seed)
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []

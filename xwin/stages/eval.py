@@ -172,6 +172,7 @@ def reward_scores(config: EvalConfig, rm_path: Path, answers: dict, questions, a
     from xwin.models.loading import load_tokenizer
     from xwin.models.reward import load_reward_model
 
+    # the judge server and every answering engine are closed by now: the GPU is the RM's
     rm, tokenizer = load_reward_model(rm_path), load_tokenizer(rm_path)
     out = {}
     for label, mine in answers.items():

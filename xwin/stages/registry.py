@@ -84,10 +84,10 @@ _PAIRS = "PreferencePair JSONL: a context, a chosen and a rejected reply"
 
 
 def _trainer(name: str, summary: str, config: type[StrictModel], entry: str, model: Input,
-             train: Input, output: Literal["model", "reward_model"] = "model") -> StageDef:
+             train: Input, output: Literal["model", "reward_model"] = "model", code_version: str = "1") -> StageDef:
     """A training stage: a gang of ranks in the trainer image, reading `model` and `train`."""
     return StageDef(name, summary, config, entry, _inputs(model=model, train=train),
-                    kind="train", image="trainer", output=output)
+                    kind="train", image="trainer", output=output, code_version=code_version)
 
 STAGES: tuple[StageDef, ...] = (
     StageDef(
@@ -107,6 +107,7 @@ STAGES: tuple[StageDef, ...] = (
         model=Input("sft", "HF model folder whose body the reward model starts from"),
         train=Input("prepare#pairs.jsonl", _PAIRS),
         output="reward_model",
+        code_version="2",  # 2: a standard sequence-classifier folder, a value head without bias
     ),
     StageDef(
         "sample", "N distinct responses per prompt from the SFT model, vLLM (Xwin-Set)",

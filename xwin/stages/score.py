@@ -113,7 +113,7 @@ def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
     scored_now = 0
     if todo:
         tokenizer = load_tokenizer(model_dir)
-        model = load_reward_model(model_dir, config.dtype).eval()
+        model = load_reward_model(model_dir, config.dtype)  # eval mode, on the device policy's device
         with ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer, \
                 tqdm(total=len(mine), initial=len(mine) - len(todo), desc="contexts scored", unit="context") as bar:
             for begin in range(0, len(todo), config.chunk_contexts):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from xwin.core.hardware import bf16_is_fast
+from xwin.models.device import place_model
 from xwin.train.config import TrainConfig
 from xwin.train.launch import ProcessPlace
 
@@ -150,7 +151,7 @@ def build_frozen_engine(model: torch.nn.Module, config: TrainConfig, place: Proc
     model.requires_grad_(False)
     model.eval()
     if config.zero_stage != 3:
-        return model.to(device=device, dtype=torch.bfloat16 if use_bf16(config) else torch.float32)
+        return place_model(model.to(torch.bfloat16 if use_bf16(config) else torch.float32), device)
     import deepspeed
 
     ds_config = deepspeed_config(config, place)

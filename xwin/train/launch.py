@@ -23,6 +23,7 @@ import torch
 
 from xwin.core.errors import ConfigError
 from xwin.core.net import free_port
+from xwin.models.device import select_device
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +144,14 @@ def spawn_workers(place: ProcessPlace, argv: list[str] | None = None) -> None:
     run(args)
 
 
-def device_for(place: ProcessPlace) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(place.local_rank)
-        return torch.device("cuda", place.local_rank)
-    return torch.device("cpu")
-
-
 def init_distributed(place: ProcessPlace) -> torch.device:
-    """Join the process group (nccl on GPUs, gloo on the CPU); returns this worker's device."""
+    """Join the process group (nccl on GPUs, gloo on the CPU); returns this worker's device, the
+    device policy's for its local rank (xwin.models.device), made current before DeepSpeed starts:
+    deepspeed.initialize puts the model on the current device."""
     import deepspeed
 
     export_worker_env(place)
-    device = device_for(place)
+    device = select_device(place.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return device

@@ -3,8 +3,9 @@ trained on preference pairs with the Bradley-Terry loss; both replies of a pair 
 forward pass. Multi-turn contexts are kept (the oldest turns give way when too long).
 
 Inputs: `model` (HF folder: the SFT model or the base) and `train` (PreferencePair JSONL).
-Output: a reward-model folder (`xwin.models.reward.load_reward_model` loads it) with held-out
-pairwise accuracy and reward statistics in its metrics.
+Output: a reward-model folder, a standard AutoModelForSequenceClassification folder that
+transformers, TRL and vLLM load as it is (`xwin.models.reward` says how; `load_reward_model`
+loads it), with held-out pairwise accuracy and reward statistics in its metrics.
 Config: `rm_config.py` (torch-free, read by the controller)."""
 
 from __future__ import annotations
