@@ -9,11 +9,18 @@ keeps `dpo_config.py` beside `dpo_trainer.py`).
 from __future__ import annotations
 
 import contextvars
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model
-from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
 from xwin.artifacts.config import StoreConfig
 from xwin.core.config import StrictModel, format_validation_error, load_yaml, parse_overrides
@@ -68,6 +75,21 @@ class ExecutorConfig(StrictModel):
 _yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("xwin_yaml", default=None)
 
 
+class _EnvSource(EnvSettingsSource):
+    """XWIN_* variables, as pydantic-settings reads them, except that a value that should be JSON
+    (a list, a mapping, a section) and is not is a ConfigError naming the variable."""
+
+    def decode_complex_value(self, field_name: str, field, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except json.JSONDecodeError as e:
+            suffix = field_name.lower()
+            names = sorted(name.upper() for name, v in self.env_vars.items()
+                           if v == value and name.lower().endswith(suffix))
+            raise ConfigError(f"environment variable {' or '.join(names) or field_name}: not valid "
+                              f"JSON ({e.msg} at column {e.colno})") from None
+
+
 class _PipelineSettings(BaseSettings):
     """The sections every pipeline has; `PipelineConfig` adds one per stage."""
 
@@ -82,7 +104,7 @@ class _PipelineSettings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_):
         # Highest first: --set (init kwargs), XWIN_* environment, the YAML file.
-        sources = [init_settings, env_settings]
+        sources = [init_settings, _EnvSource(settings_cls)]
         if (path := _yaml_file.get()) is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
@@ -107,5 +129,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
         return PipelineConfig(**parse_overrides(list(overrides)))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path or "<environment>"))) from e
+    except SettingsError as e:  # the XWIN_* environment could not be read
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise ConfigError(f"XWIN_* environment: {e}: {e.__cause__}") from None
     finally:
         _yaml_file.reset(token)

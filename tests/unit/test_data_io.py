@@ -192,3 +192,21 @@ def test_read_complete_records_missing_file_and_real_damage(tmp_path):
     only_torn = tmp_path / "torn.jsonl"
     only_torn.write_bytes(b'{"id": "p1", "mess')
     assert list(read_complete_records(only_torn, "prompts")) == []
+
+
+def test_invalid_utf8_and_non_finite_numbers_in_a_partial_file_name_the_line(tmp_path):
+    good = json.dumps(GOOD["multiwise"]).encode()
+    path = tmp_path / "partial.jsonl"
+    path.write_bytes(good + b"\n" + good.replace(b'"4"', b'"\xc3"') + b"\n")
+    with pytest.raises(DataError, match=r"partial\.jsonl:2: not valid UTF-8 \(byte 0xc3"):
+        list(read_complete_records(path, "multiwise"))
+    path.write_bytes(good + b"\n" + good.replace(b"1.5", b"NaN") + b"\n")
+    with pytest.raises(DataError, match=r"partial\.jsonl:2: responses\.0\.score: NaN is not a finite number"):
+        list(read_complete_records(path, "multiwise"))
+
+
+def test_records_built_in_python_refuse_non_finite_scores_too():
+    with pytest.raises(ValueError, match="finite number"):
+        MultiwiseRecord.model_validate({**GOOD["multiwise"], "responses": [{"text": "4", "score": float("inf")}]})
+    with pytest.raises(ValueError, match="finite number"):
+        PreferencePair.model_validate({**GOOD["pairs"], "chosen_score": float("nan")})

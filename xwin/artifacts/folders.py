@@ -1,12 +1,17 @@
-"""The local-folder side that both backends share: the rules for keys and commit ids, hashing a
-folder into manifest entries, checking a folder against its manifest, atomic writes and moves,
-the download cache and progress bars."""
+"""The local-folder side that both backends share: the rules for keys, commit ids and the file
+paths of a manifest, hashing a folder into manifest entries, checking a folder against its
+manifest, atomic writes and moves, the download cache and progress bars.
+
+A manifest read from the store is input like any other: whoever can write the bucket can write
+one, and its commit id and file paths become local paths on fetch. `parse_manifest` refuses any
+the store itself would never write (UnsafeManifest) before anything is written or deleted."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -21,7 +26,14 @@ from typing import Any
 from pydantic_core import PydanticSerializationError
 from tqdm import tqdm
 
-from xwin.artifacts.store import ArtifactCorrupt, ArtifactError, FileEntry, InvalidKey, Manifest
+from xwin.artifacts.store import (
+    ArtifactCorrupt,
+    ArtifactError,
+    FileEntry,
+    InvalidKey,
+    Manifest,
+    UnsafeManifest,
+)
 from xwin.core.clock import utc_now
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -31,9 +43,12 @@ VERIFY_ENV = "XWIN_VERIFY_SHA256"  # "1": re-hash every file on each fetch, not 
 _BUFFER = 1 << 20
 
 # One key segment: no leading dot (".commits", ".records" and ".staging" are the store's own),
-# only characters that need no escaping in a path or an S3 key.
-_SEGMENT = re.compile(r"^[A-Za-z0-9_=+@,-][A-Za-z0-9._=+@,-]*$")
-_COMMIT_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
+# only characters that need no escaping in a path or an S3 key. Matched with fullmatch: `$`
+# would also accept a trailing newline.
+_SEGMENT = re.compile(r"[A-Za-z0-9_=+@,-][A-Za-z0-9._=+@,-]*")
+_COMMIT_ID = re.compile(r"(\d{8}T\d{6}Z)-[0-9a-f]{12}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHOWN_PROBLEMS = 5
 
 
 def key_problem(key: str) -> str | None:
@@ -43,7 +58,7 @@ def key_problem(key: str) -> str | None:
     for segment in key.split("/"):
         if segment == MANIFEST_NAME:
             return f"{MANIFEST_NAME} is reserved"
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             return (
                 f"segment {segment!r} must be non-empty, must not start with '.', and may use "
                 "only letters, digits and . _ - = + @ ,"
@@ -68,7 +83,7 @@ def new_commit_id() -> str:
 
 
 def commit_started_at(commit_id: str) -> datetime | None:
-    m = _COMMIT_ID.match(commit_id)
+    m = _COMMIT_ID.fullmatch(commit_id)
     if not m:
         return None
     return datetime.strptime(m[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
@@ -79,6 +94,73 @@ def is_stale(commit_id: str, older_than_s: float) -> bool:
     if started is None:
         return False
     return (datetime.now(timezone.utc) - started).total_seconds() > older_than_s
+
+
+def file_path_problem(path: str) -> str | None:
+    """Why `path` cannot name a file inside an artifact, or None: manifest paths are relative,
+    POSIX and normalised, so that `folder / path` stays inside `folder`."""
+    if not path:
+        return "is empty"
+    if "\\" in path:
+        return "has a backslash (manifest paths use '/')"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        return "has a control character"
+    if path.startswith("/"):
+        return "is absolute"
+    parts = path.split("/")
+    if ".." in parts:
+        return "climbs out of the artifact with '..'"
+    if "." in parts or posixpath.normpath(path) != path:
+        return "is not normalised (an empty or '.' segment)"
+    return None
+
+
+def file_paths_problems(paths: list[str]) -> list[str]:
+    """Every unusable path of a manifest's file list: bad ones, repeats, and a file that is also
+    the folder of another (the second could never be written)."""
+    problems = []
+    seen: set[str] = set()
+    for i, path in enumerate(paths):
+        if problem := file_path_problem(path):
+            problems.append(f"files[{i}].path {path!r} {problem}")
+        elif path in seen:
+            problems.append(f"files[{i}].path {path!r} is listed twice")
+        seen.add(path)
+    folders = {path.rsplit("/", n)[0] for path in seen for n in range(1, path.count("/") + 1)}
+    problems += [f"files[{i}].path {path!r} is also the folder of another file"
+                 for i, path in enumerate(paths) if path in folders]
+    return problems
+
+
+def manifest_problems(manifest: Manifest, key: str) -> list[str]:
+    """Why a manifest read at `key` is not one the store wrote there (empty if it could be)."""
+    problems = []
+    if manifest.key != key:
+        problems.append(f"key {manifest.key!r} is not the key it was read from")
+    if not _COMMIT_ID.fullmatch(manifest.commit_id):
+        problems.append(
+            f"commit_id {manifest.commit_id!r} is not one the store writes "
+            "(YYYYMMDDTHHMMSSZ-<12 hex digits>)"
+        )
+    problems += file_paths_problems([f.path for f in manifest.files])
+    for i, f in enumerate(manifest.files):
+        if f.size < 0:
+            problems.append(f"files[{i}].size {f.size} is negative")
+        if not _SHA256.fullmatch(f.sha256):
+            problems.append(f"files[{i}].sha256 {f.sha256[:80]!r} is not a sha256 hex digest")
+    return problems
+
+
+def _shown(problems: list[str]) -> str:
+    more = len(problems) - _SHOWN_PROBLEMS
+    return "; ".join(problems[:_SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+
+
+def check_file_paths(key: str, paths: list[str]) -> None:
+    """Before a commit copies anything: a file name readers would refuse (a backslash, a
+    control character) fails now, not on every later fetch."""
+    if problems := file_paths_problems(paths):
+        raise UnsafeManifest(f"cannot commit {key!r}: {_shown(problems)}")
 
 
 def list_files(folder: Path) -> list[tuple[str, Path]]:
@@ -156,6 +238,7 @@ def new_manifest(
 ) -> Manifest:
     """The manifest, checked to serialise now: a metadata value JSON cannot hold must fail
     before gigabytes are uploaded, not after."""
+    check_file_paths(key, [f.path for f in files])
     manifest = Manifest(
         key=key,
         commit_id=commit_id,
@@ -176,11 +259,16 @@ def manifest_bytes(manifest: Manifest) -> bytes:
         raise ArtifactError(f"artifact {manifest.key}: metadata is not JSON-serialisable: {e}") from e
 
 
-def parse_manifest(data: bytes, where: str) -> Manifest:
+def parse_manifest(data: bytes, where: str, key: str) -> Manifest:
+    """The manifest read at `key` (from `where`), refused (UnsafeManifest, naming the key and
+    the field) unless its key, commit id and file paths are ones the store writes."""
     try:
-        return Manifest.model_validate_json(data)
+        manifest = Manifest.model_validate_json(data)
     except ValueError as e:
         raise ArtifactCorrupt(f"{where}: unreadable manifest: {e}") from e
+    if problems := manifest_problems(manifest, key):
+        raise UnsafeManifest(f"{where}: refusing the manifest of {key!r}: {_shown(problems)}")
+    return manifest
 
 
 def file_problem(path: Path, entry: FileEntry, *, full: bool) -> str | None:
@@ -214,11 +302,8 @@ def verify_folder(folder: Path, manifest: Manifest, *, full: bool) -> None:
     """ArtifactCorrupt naming the files that differ from the manifest (sizes; sha256 if full)."""
     problems = folder_problems(folder, manifest, full=full)
     if problems:
-        shown = "; ".join(problems[:5]) + (
-            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        )
         raise ArtifactCorrupt(
-            f"artifact {manifest.key} (commit {manifest.commit_id}) at {folder}: {shown}"
+            f"artifact {manifest.key} (commit {manifest.commit_id}) at {folder}: {_shown(problems)}"
         )
 
 

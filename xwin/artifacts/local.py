@@ -27,6 +27,7 @@ from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.folders import (
     COMMITS_DIR,
     MANIFEST_NAME,
+    check_file_paths,
     check_key,
     copy_and_hash,
     file_lock,
@@ -99,6 +100,7 @@ class LocalStore(ArtifactStore):
     ) -> Manifest:
         check_key(key)
         files = list_files(Path(local_dir))
+        check_file_paths(key, [rel for rel, _ in files])
         self._staging.mkdir(parents=True, exist_ok=True)
         self._remove_stale_staging()
         commit_id = new_commit_id()
@@ -213,7 +215,7 @@ class LocalStore(ArtifactStore):
             data = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return parse_manifest(data, str(path))
+        return parse_manifest(data, str(path), key)
 
     def fetch(self, key: str, dest: Path | None = None) -> Path:
         for _ in range(_FETCH_TRIES):

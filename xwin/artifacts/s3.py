@@ -292,7 +292,7 @@ class S3Store(ArtifactStore):
             return None
         obj = self._obj(key, MANIFEST_NAME)
         data = self._get_bytes(f"reading the manifest of {key}", obj)
-        return None if data is None else parse_manifest(data, f"s3://{self.bucket}/{obj}")
+        return None if data is None else parse_manifest(data, f"s3://{self.bucket}/{obj}", key)
 
     def get_record(self, key: str) -> bytes | None:
         if not is_key(key):

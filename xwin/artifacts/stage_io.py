@@ -8,12 +8,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.factory import open_store
-from xwin.core.config import StrictModel, format_validation_error
+from xwin.core.config import StrictModel, format_validation_error, load_yaml
 from xwin.core.digests import digest
 from xwin.core.errors import ConfigError
 
@@ -42,10 +41,7 @@ class StageSpec(StrictModel):
     @classmethod
     def from_file(cls, path: str | Path) -> StageSpec:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: no such stage spec") from e
+        data = load_yaml(path, "stage spec")
         try:
             return cls.model_validate(data)
         except ValidationError as e:

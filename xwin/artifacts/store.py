@@ -25,6 +25,12 @@ class ArtifactCorrupt(ArtifactError):
     """A downloaded file's size or sha256 differs from its manifest."""
 
 
+class UnsafeManifest(ArtifactCorrupt, UserError):
+    """A manifest whose key, commit id or file paths the store would never write (paths that
+    climb out with `..`, absolute ones, a commit id naming another folder): crafted or damaged,
+    so it is refused before anything is written or deleted, and a retry cannot help."""
+
+
 class StoreUnavailable(ArtifactError):
     """The store cannot be used: missing bucket, bad credentials, unreachable endpoint."""
 

@@ -10,6 +10,7 @@ appends durably and `read_complete_records` reads it back, ignoring a line torn 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -62,12 +63,36 @@ def format_record_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {first['msg']}{more}"
 
 
+class _NonFinite(ValueError):
+    """NaN, Infinity or -Infinity in a line: Python's json reads them, JSON has no such numbers."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _non_finite_at(value: Any, loc: str = "") -> str | None:
+    """The dotted location (`responses.1.score`) of the first NaN or infinity in a parsed value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc or "<record>"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if (found := _non_finite_at(item, f"{loc}.{key}" if loc else str(key))) is not None:
+            return found
+    return None
+
+
 def parse_record(line: str, cls: type[R], source: str) -> R:
-    """One JSONL line to a validated record; `source` is `file:line` for the error message."""
+    """One JSONL line to a validated record; `source` is `file:line` for the error message.
+    NaN and Infinity are refused: written back they would become null (a score that vanished)."""
     try:
-        raw = json.loads(line)
+        raw = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         raise DataError(f"{source}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except _NonFinite as e:
+        where = _non_finite_at(json.loads(line))  # parsed again only to name the field
+        raise DataError(f"{source}: {where}: {e} is not a finite number (JSON has no NaN or "
+                        "Infinity)") from None
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
@@ -82,9 +107,29 @@ def read_records(path: str | Path, kind_or_class: str | type[R]) -> Iterator[R]:
     cls = record_class(kind_or_class)
     for file in jsonl_files(path):
         with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    yield parse_record(line, cls, f"{file}:{lineno}")
+            try:
+                for lineno, line in enumerate(f, start=1):
+                    if line.strip():
+                        yield parse_record(line, cls, f"{file}:{lineno}")
+            except UnicodeDecodeError:
+                raise DataError(_utf8_error(file)) from None
+
+
+def _utf8_error(file: Path) -> str:
+    """`file:line: not valid UTF-8 ...` for the first line that does not decode (text mode
+    reads ahead in blocks, so the error it raised cannot say which line)."""
+    with open(file, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return _utf8_message(f"{file}:{lineno}", e)
+    return f"{file}: not valid UTF-8"
+
+
+def _utf8_message(source: str, e: UnicodeDecodeError) -> str:
+    return (f"{source}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at column {e.start + 1}); "
+            "records files are UTF-8 JSON Lines")
 
 
 def count_records(path: str | Path, kind_or_class: str | type[Record]) -> int:
@@ -140,7 +185,10 @@ def read_complete_records(path: str | Path, kind_or_class: str | type[R]) -> Ite
             if remaining <= 0:
                 break
             remaining -= len(raw)
-            line = raw.decode("utf-8")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(_utf8_message(f"{path}:{lineno}", e)) from None
             if line.strip():
                 yield parse_record(line, cls, f"{path}:{lineno}")
 

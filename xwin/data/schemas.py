@@ -1,5 +1,6 @@
 """Record schemas: every dataset is JSONL of one of these. OpenAI-style messages throughout, so
-a file made by another tool loads unchanged."""
+a file made by another tool loads unchanged. Numbers are finite: a NaN or infinite score is
+refused, not written back as null."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Message(Record):

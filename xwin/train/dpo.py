@@ -76,7 +76,7 @@ class PrecomputedReference:
         have = torch.tensor(float(self.cache_file.exists()), device=self.device)
         dist.all_reduce(have, op=dist.ReduceOp.MIN)  # every rank must take the same path
         if have.item() == 1:
-            self.table = torch.load(self.cache_file)
+            self.table = torch.load(self.cache_file, weights_only=True)
             log.info("reference log-probs from cache %s", self.cache_file)
             return
         self.table = compute_reference_logps(engine, self.pairs, self.collate, self.micro_batch_size,
