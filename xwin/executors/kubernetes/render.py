@@ -12,7 +12,7 @@ A multi-node gang also gets a NetworkPolicy: its pods accept ingress only from p
 same Job (any port: the rendezvous and NCCL's ephemeral ones), nothing from elsewhere. Egress
 is left open (the policy has no Egress type): the pods reach the object store, the image
 registry and DNS. The policy only takes effect where the cluster's network plugin enforces
-NetworkPolicies (Calico, Cilium ...; kind's default kindnet does too since v0.24).
+NetworkPolicies (Calico, Cilium ...); elsewhere it is inert and nothing breaks.
 
 Kueue (`executor.kubernetes.queue`): every Job is labelled with the LocalQueue and created with
 `spec.suspend: true`; Kueue unsuspends it once the whole Job fits the queue's quota. All pods of
