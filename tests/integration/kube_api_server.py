@@ -2,8 +2,8 @@
 executor is tested through its real client over real HTTP (no kube-apiserver ships for these
 machines; see ENVIRONMENT.md).
 
-Served: Jobs (create, get, list, watch, delete), Services and ConfigMaps (create, get, list,
-delete), pods (list, log), events (list). Lists take equality label selectors and
+Served: Jobs (create, get, list, watch, delete, merge-patch), Services, ConfigMaps and
+NetworkPolicies (create, get, list, delete), pods (list, log), events (list). Lists take equality label selectors and
 `metadata.name` / `involvedObject.name` field selectors. Watches are chunked JSON lines from a
 resourceVersion, end at timeoutSeconds, and can be told to break (`drop_next_watch_after`) or to
 answer 410 Gone (`expire_history`).
@@ -11,6 +11,10 @@ answer 410 Gone (`expire_history`).
 A scheduler thread per Job plays a kubelet and Job controller by a script chosen per stage
 (`server.scripts[stage]`): succeed, oom, user_error, image_pull, unschedulable, hang
 (until `complete_job`).
+
+`spec.suspend` is honoured as the Job controller does: a suspended Job gets no pods and the
+condition Suspended; suspending a running one deletes its pods (no failure counted); resuming
+starts them afresh. A test plays Kueue by patching `spec.suspend` through the client.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ FAILURES = {
     "user_error": (2, "Error", "error: train.jsonl line 3: messages: field required\n"),
 }
 _ROUTE = re.compile(
-    r"^/(?:api/v1|apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>jobs|services|configmaps|pods|events)"
+    r"^/(?:api/v1|apis/batch/v1|apis/networking\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<kind>jobs|services|configmaps|networkpolicies|pods|events)"
     r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>log))?$"
 )
 _KIND = {"jobs": ("Job", "batch/v1"), "services": ("Service", "v1"),
-         "configmaps": ("ConfigMap", "v1"), "pods": ("Pod", "v1"), "events": ("Event", "v1")}
+         "configmaps": ("ConfigMap", "v1"), "pods": ("Pod", "v1"), "events": ("Event", "v1"),
+         "networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1")}
 
 
 def now() -> str:
@@ -147,8 +153,49 @@ class FakeKubeAPI:
             body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now())
             created = self._put(kind, body, "ADDED")
         if kind == "jobs":
-            threading.Thread(target=self._schedule, args=(ns, name), daemon=True).start()
+            if created["spec"].get("suspend"):
+                self._set_suspended(ns, name, True)
+            else:
+                threading.Thread(target=self._schedule, args=(ns, name), daemon=True).start()
         return 201, created
+
+    def patch(self, kind: str, ns: str, name: str, patch: dict) -> tuple[int, dict]:
+        """A JSON merge patch (RFC 7386); for a Job, a change of spec.suspend acts as the Job
+        controller does."""
+        with self.lock:
+            obj = self.objects.get((kind, ns, name))
+            if obj is None:
+                return 404, status(404, "NotFound", f'{kind} "{name}" not found')
+            was = bool(obj.get("spec", {}).get("suspend"))
+            patched = self._put(kind, merge_patch(copy.deepcopy(obj), patch), "MODIFIED")
+        now_suspended = bool(patched.get("spec", {}).get("suspend"))
+        if kind == "jobs" and now_suspended != was:
+            self._set_suspended(ns, name, now_suspended)
+            if not now_suspended:
+                threading.Thread(target=self._schedule, args=(ns, name), daemon=True).start()
+            return 200, self.get(kind, ns, name)
+        return 200, patched
+
+    def _set_suspended(self, ns: str, name: str, suspended: bool) -> None:
+        """The Job controller's side of suspension: a suspended Job's pods are deleted (not
+        counted as failed) and it carries the condition Suspended."""
+        if suspended:
+            self._delete_pods(ns, name)
+        with self.lock:
+            job = self.objects.get(("jobs", ns, name))
+            if job is None:
+                return
+            job = copy.deepcopy(job)
+            st = job.setdefault("status", {})
+            conditions = [c for c in st.get("conditions", []) if c["type"] != "Suspended"]
+            cond = condition("Suspended", "JobSuspended" if suspended else "JobResumed",
+                             "Job suspended" if suspended else "Job resumed")
+            cond["status"] = "True" if suspended else "False"
+            st["conditions"] = [*conditions, cond]
+            if suspended:
+                st.update(active=0, ready=0)
+                st.pop("startTime", None)
+            self._put("jobs", job, "MODIFIED")
 
     def delete(self, kind: str, ns: str, name: str, policy: str | None) -> tuple[int, dict]:
         with self.lock:
@@ -233,7 +280,8 @@ class FakeKubeAPI:
 
     def _alive(self, ns: str, name: str) -> bool:
         job = self.get("jobs", ns, name)
-        return job is not None and "deletionTimestamp" not in job["metadata"]
+        return (job is not None and "deletionTimestamp" not in job["metadata"]
+                and not job["spec"].get("suspend"))
 
     def _job_status(self, ns: str, name: str, **fields) -> None:
         with self.lock:
@@ -321,6 +369,20 @@ def status(code: int, reason: str, message: str) -> dict:
             "message": message, "reason": reason, "code": code}
 
 
+def merge_patch(target, patch):
+    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    if not isinstance(target, dict):
+        target = {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = merge_patch(target.get(key), value)
+    return target
+
+
 def _matches(obj: dict, query: dict) -> bool:
     for part in filter(None, query.get("labelSelector", "").split(",")):
         key, _, value = part.partition("=")
@@ -371,6 +433,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         m, _ = routed
         self._send(*self.api.create(m["kind"], m["ns"], self._body()))
+
+    def do_PATCH(self):
+        if (routed := self._route()) is None:
+            return
+        m, _ = routed
+        body = self._body()
+        if not isinstance(body, dict):  # a JSON patch (a list of operations): not served
+            self._send(415, status(415, "UnsupportedMediaType", "only merge patches are served"))
+            return
+        self._send(*self.api.patch(m["kind"], m["ns"], m["name"], body))
 
     def do_DELETE(self):
         if (routed := self._route()) is None:

@@ -248,3 +248,101 @@ def test_executor_from_a_kubeconfig_talks_to_the_cluster_it_names(api, tmp_path,
     assert executor.run(stage_job("select", tmp_path)).status == "succeeded"
     headers = {k.lower(): v for k, v in api.headers[0].items()}
     assert headers["authorization"] == "Bearer t0ken"
+
+
+# -- Kueue: the test plays Kueue, patching spec.suspend through the API as Kueue does ----------
+
+KUEUE = SETTINGS.model_copy(update={"queue": "gpu-queue", "priority_class": "research"})
+
+
+def set_suspend(api: FakeKubeAPI, name: str, suspend: bool) -> None:
+    k8s.BatchV1Api(client_for(api)).patch_namespaced_job(name, NS, {"spec": {"suspend": suspend}})
+
+
+def pods_of(api: FakeKubeAPI, name: str) -> list[dict]:
+    return [p for p in api.list("pods") if p["metadata"]["labels"]["job-name"] == name]
+
+
+def test_a_queued_job_waits_suspended_until_kueue_admits_it(api, tmp_path):
+    states = []
+    executor = KubernetesExecutor(NS, KUEUE, api_client=client_for(api),
+                                  on_queue=lambda job, state: states.append(state))
+    thread, box = in_thread(executor.run, stage_job("sft", tmp_path, nodes=2))
+    name = job_name("r1", "sft", 1)
+    wait_for(lambda: states == ["pending quota (Kueue)"])
+    created = api.get("jobs", NS, name)
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert created["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "research"
+    assert created["spec"]["suspend"] is True
+    assert created["spec"]["parallelism"] == created["spec"]["completions"] == 2  # one gang
+    time.sleep(0.3)  # longer than the scheduler needs to run a stage: nothing may start
+    assert pods_of(api, name) == [] and "result" not in box
+
+    set_suspend(api, name, False)  # Kueue admits the Workload
+    thread.join(10)
+
+    assert box["result"].status == "succeeded" and box["result"].preemptions == 0
+    assert states == ["pending quota (Kueue)", "admitted by Kueue"]
+    assert api.count("POST", "jobs") == 1
+
+
+def test_preemption_by_kueue_is_no_failure_and_the_stage_resumes(api, tmp_path):
+    states = []
+    executor = KubernetesExecutor(NS, KUEUE, api_client=client_for(api),
+                                  on_queue=lambda job, state: states.append(state))
+    api.scripts["sft"] = "hang"
+    thread, box = in_thread(executor.run, stage_job("sft", tmp_path, nodes=2))
+    name = job_name("r1", "sft", 1)
+    wait_for(lambda: states == ["pending quota (Kueue)"])
+    set_suspend(api, name, False)
+    wait_for(lambda: (api.get("jobs", NS, name) or {}).get("status", {}).get("ready") == 2)
+    wait_for(lambda: states[-1:] == ["admitted by Kueue"])
+    first_pods = {p["metadata"]["name"] for p in pods_of(api, name)}
+
+    set_suspend(api, name, True)  # preempted: the Job controller deletes the gang's pods
+    wait_for(lambda: "preempted by Kueue; waiting for readmission" in states)
+    assert pods_of(api, name) == [] and "result" not in box
+    set_suspend(api, name, False)  # readmitted: the pods start again, from the checkpoint
+    wait_for(lambda: (api.get("jobs", NS, name) or {}).get("status", {}).get("ready") == 2)
+    assert not first_pods & {p["metadata"]["name"] for p in pods_of(api, name)}
+    api.complete_job(name)
+    thread.join(10)
+
+    result = box["result"]
+    assert result.status == "succeeded" and result.preemptions == 1
+    assert "preempted by Kueue 1 time(s)" in result.reason
+    assert states == ["pending quota (Kueue)", "admitted by Kueue",
+                      "preempted by Kueue; waiting for readmission", "admitted by Kueue"]
+    assert api.count("POST", "jobs") == 1  # the same Job, not a new attempt
+
+
+def test_without_a_queue_jobs_start_at_once_and_report_no_queue_state(api, tmp_path):
+    states = []
+    executor = KubernetesExecutor(NS, SETTINGS, api_client=client_for(api),
+                                  on_queue=lambda job, state: states.append(state))
+    assert executor.run(stage_job("select", tmp_path)).status == "succeeded"
+    created = api.get("jobs", NS, job_name("r1", "select", 1))
+    assert "suspend" not in created["spec"] and states == []
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in created["metadata"]["labels"])
+
+
+def test_a_gang_gets_a_network_policy_owned_by_its_job_and_deleted_with_it(api, executor, tmp_path):
+    api.scripts["sft"] = "hang"
+    thread, box = in_thread(executor.run, stage_job("sft", tmp_path, nodes=2))
+    name = job_name("r1", "sft", 1)
+    wait_for(lambda: api.get("networkpolicies", NS, name) is not None)
+    policy = api.get("networkpolicies", NS, name)
+    uid = api.get("jobs", NS, name)["metadata"]["uid"]
+    assert [(o["kind"], o["uid"]) for o in policy["metadata"]["ownerReferences"]] == [("Job", uid)]
+    gang = {"matchLabels": {"batch.kubernetes.io/job-name": name}}
+    assert policy["spec"] == {"podSelector": gang, "policyTypes": ["Ingress"],
+                              "ingress": [{"from": [{"podSelector": gang}]}]}
+    executor.cancel("r1")
+    thread.join(10)
+
+    assert box["result"].status == "cancelled"
+    assert ("networkpolicies", name) in {(k, n) for k, n, _ in api.deletes}
+    assert api.get("networkpolicies", NS, name) is None
+    # single-pod stages have no gang to fence
+    assert executor.run(stage_job("select", tmp_path, run_id="r2")).status == "succeeded"
+    assert api.list("networkpolicies") == []

@@ -24,7 +24,7 @@ def verbs_used(api: FakeKubeAPI) -> set[tuple[str, str, str]]:
     used = set()
     for method, path, query in api.requests:
         parts = path.strip("/").split("/")
-        group = "batch" if parts[0] == "apis" else ""
+        group = parts[1] if parts[0] == "apis" else ""  # /apis/<group>/<version>/...
         rest = parts[parts.index("namespaces") + 2:]
         resource, named = rest[0], len(rest) > 1
         if len(rest) == 3:
@@ -81,6 +81,7 @@ def used(tmp_path_factory) -> set[tuple[str, str, str]]:
 def test_the_scenarios_exercise_the_whole_executor(used):
     assert {("batch", "jobs", v) for v in ("create", "list", "watch", "delete")} <= used
     assert {("", "pods/log", "get"), ("", "events", "list"), ("", "configmaps", "create")} <= used
+    assert {("networking.k8s.io", "networkpolicies", v) for v in ("create", "delete")} <= used
 
 
 @pytest.mark.parametrize("source", ["k8s/rbac.yaml", "chart"])

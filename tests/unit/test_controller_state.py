@@ -127,3 +127,19 @@ def test_the_reason_of_a_failure_is_the_stage_error_line_else_the_last_line(tmp_
     log.write_text("RuntimeError: boom\n")
     assert last_error(log)[0] == "RuntimeError: boom"
     assert last_error(tmp_path / "missing.log") == (None, "")
+
+
+def test_a_stage_waiting_in_kueue_shows_its_queue_state_then_its_log(tmp_path):
+    from xwin.controller.progress import stage_note
+
+    log = tmp_path / "sft.1.log"
+    log.write_text("step 10 loss 1.2\n")
+    stage = StageState(name="sft", key="sft/abc", status="running", attempts=[
+        Attempt(number=1, started_at="2026-01-01T00:00:00+00:00", log=str(log),
+                queue="pending quota (Kueue)")])
+    assert stage_note(stage) == "pending quota (Kueue)"
+    stage.attempts[0].queue = "admitted by Kueue"
+    assert stage_note(stage) == "step 10 loss 1.2"
+    # A record from before Kueue support still loads: no queue state, no preemptions.
+    old = Attempt.model_validate({"number": 1, "started_at": "2026-01-01T00:00:00+00:00"})
+    assert (old.queue, old.preemptions) == (None, 0)

@@ -83,6 +83,7 @@ def test_default_values_render_valid_locked_down_objects(helm, tmp_path):
     assert (config.executor.kind, config.executor.namespace) == ("kubernetes", "ml")
     assert config.executor.kubernetes.service_account == "demo-xwin-stage"
     assert config.executor.kubernetes.s3_secret == "xwin-s3"
+    assert config.executor.kubernetes.queue is None  # no Kueue unless kueue.queue is set
     assert config.executor.images == {"trainer": "xwin-trainer:dev", "sampler": "xwin-sampler:dev"}
     assert profiles_for(config)["sample"].image == "xwin-sampler:dev"  # its row's image role
 
@@ -97,6 +98,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
         "profiles": {"sft": {"nodes": 2, "nproc_per_node": 8, "gpus": 8, "shm_size": "64Gi"},
                      "sample": {"shards": 4, "gpus": 1}},
         "minio": {"enabled": True},
+        "kueue": {"queue": "gpu-queue", "priorityClass": "research"},
         "controller": {"args": ["--until", "sft"],
                        "workVolume": {"persistentVolumeClaim": {"claimName": "runs"}}},
     }
@@ -129,6 +131,13 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     assert sft.job.spec.completions == 2
     assert sft.container.image == "reg/xwin-trainer:0.1.0"
     assert sft.job.spec.template.spec.service_account_name == "demo-xwin-stage"
+    assert (config.executor.kubernetes.queue, config.executor.kubernetes.priority_class) == (
+        "gpu-queue", "research")
+    assert sft.job.spec.suspend is True  # queued in Kueue
+    assert sft.job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert sft.network_policy is not None
+    controller = next(o for o in objects if o["kind"] == "Job")
+    assert "kueue.x-k8s.io/queue-name" not in controller["metadata"].get("labels", {})  # not queued
     assert render_stage(stage_jobs["sample"], config.executor).job.spec.completions == 4
 
 
@@ -137,6 +146,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     ({"profiles": {"sft": {"nodez": 2}}}, "'nodez' not allowed"),
     ({"profiles": {"sfft": {"nodes": 2}}}, "value must be one of 'prepare', 'sft'"),
     ({"replicas": 2}, "'replicas' not allowed"),
+    ({"kueue": {"queue": "GPU Queue"}}, "/kueue/queue"),
     ({"pipeline": {"store": {"kind": "local"}}}, "pipeline.store is set by the chart"),
     ({"s3": {"existingSecret": ""}}, "s3.existingSecret: name the Secret"),
     ("pipeline:\n  sample:\n    n: 64\n", "pipeline.sample: a key reads as true/false"),

@@ -26,6 +26,7 @@ CONTROLLER_RULES = {
     ("", "services"): {"create", "get", "delete"},
     ("", "configmaps"): {"create", "get", "delete"},
     ("", "events"): {"list"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "delete"},
 }
 
 
@@ -130,6 +131,12 @@ def test_render_of_the_7b_example_gives_valid_gpu_jobs():
     assert shape("select") == (1, 1, None)
     services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
     assert services == {jobs[s]["metadata"]["name"] for s in ("sft", "rm", "rs", "dpo")}
+    policies = {o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies == {jobs[s]["metadata"]["name"] for s in ("sft", "rm", "rs", "dpo")
+                        if jobs[s]["spec"]["completions"] > 1}
+    for job in jobs.values():  # queued in Kueue: suspended until admitted
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "xwin-gpu"
     for stage, job in jobs.items():
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] + container["args"] == [

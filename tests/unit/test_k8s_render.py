@@ -90,6 +90,45 @@ def test_training_stage_is_an_indexed_gang_with_a_headless_service():
     assert any(m.mount_path == "/dev/shm" for m in rendered.container.volume_mounts)
 
 
+def test_a_multi_node_gang_admits_ingress_only_from_its_own_pods():
+    rendered = render(stage_job("sft", nodes=2))
+    name = job_name("run-1", "sft", 1)
+    policy = rendered.network_policy
+    gang = {"batch.kubernetes.io/job-name": name}
+    assert policy.metadata.name == name and policy.metadata.namespace == "ml"
+    assert policy.spec.pod_selector.match_labels == gang
+    assert policy.spec.policy_types == ["Ingress"]  # egress open: the store, DNS, registries
+    [rule] = policy.spec.ingress
+    assert rule.ports is None  # any port: rendezvous and NCCL's
+    assert [peer.pod_selector.match_labels for peer in rule._from] == [gang]
+    assert [peer.namespace_selector for peer in rule._from] == [None]  # this namespace only
+    kinds = [d["kind"] for d in rendered.to_dicts()]
+    assert kinds == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
+    for doc in rendered.to_dicts():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # one pod talks to itself only; shards and small stages do not talk at all
+    for job in (stage_job("sft", nodes=1), stage_job("sample", shards=4), stage_job("select")):
+        assert render(job).network_policy is None
+
+
+@pytest.mark.parametrize("stage", ["sft", "sample", "select"])
+def test_kueue_jobs_are_suspended_and_labelled_with_queue_and_priority(stage):
+    rendered = render(stage_job(stage), queue="gpu", priority_class="research")
+    job = rendered.job
+    assert job.spec.suspend is True  # Kueue unsuspends it on admission
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert job.metadata.labels["kueue.x-k8s.io/priority-class"] == "research"
+    assert job.spec.parallelism == job.spec.completions  # all pods one Workload, admitted whole
+    for doc in rendered.to_dicts():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # Kueue's labels are on the Job only: Kueue reads them there
+    assert "kueue.x-k8s.io/queue-name" not in rendered.config_map.metadata.labels
+    assert "kueue.x-k8s.io/queue-name" not in job.spec.template.metadata.labels
+    plain = render(stage_job(stage)).job
+    assert plain.spec.suspend is None
+    assert not [k for k in plain.metadata.labels if k.startswith("kueue.x-k8s.io/")]
+
+
 def test_a_failed_rank_fails_the_whole_gang():
     spec = render(stage_job("rm", nodes=2)).job.spec
     assert spec.backoff_limit == 0

@@ -57,7 +57,7 @@ def stage_job(config, planned: PlannedStage, run_id: str, profile: JobProfile, l
                     profile=profile, log_dir=log_dir)
 
 
-def make_executor(config, on_spawn=None, on_problem=None) -> Executor:
+def make_executor(config, on_spawn=None, on_problem=None, on_queue=None) -> Executor:
     """The executor `executor.kind` names; the cluster client is imported only for a cluster."""
     if config.executor.kind == "local":
         from xwin.executors.local import LocalExecutor
@@ -65,7 +65,7 @@ def make_executor(config, on_spawn=None, on_problem=None) -> Executor:
         return LocalExecutor(parallel_shards=config.executor.local_parallel_shards, on_spawn=on_spawn)
     from xwin.executors.kubernetes.executor import KubernetesExecutor
 
-    return KubernetesExecutor.from_config(config.executor, on_problem=on_problem)
+    return KubernetesExecutor.from_config(config.executor, on_problem=on_problem, on_queue=on_queue)
 
 
 def planned_jobs(config, run_id: str, stages: list[str] | None = None,

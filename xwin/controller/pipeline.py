@@ -104,7 +104,8 @@ class Controller:
         self.progress = progress or (lambda record: None)
         self.force = set(force)
         self.executor = executor or make_executor(config, on_spawn=self._on_spawn,
-                                                  on_problem=self._on_problem)
+                                                  on_problem=self._on_problem,
+                                                  on_queue=self._on_queue)
         self.profiles = profiles_for(config)
         self.interrupted = False
         self.run_dir = runs.run_dir(record.run_id)
@@ -122,6 +123,11 @@ class Controller:
     def _on_problem(self, job: StageJob, reason: str) -> None:
         """A running stage's trouble (unschedulable pod, image pull): shown by `xwin status`."""
         self.record.stages[job.stage].attempts[-1].reason = reason
+        self._save()
+
+    def _on_queue(self, job: StageJob, state: str) -> None:
+        """A running stage's Kueue state (pending quota, admitted, preempted): `xwin status`."""
+        self.record.stages[job.stage].attempts[-1].queue = state
         self._save()
 
     def plan(self) -> Plan:
@@ -253,6 +259,7 @@ class Controller:
         attempt.exit_code = result.exit_code
         attempt.status = result.status
         attempt.reason = result.reason
+        attempt.preemptions = result.preemptions
         if result.log_path:
             attempt.log = str(result.log_path)
         if result.status == "succeeded":

@@ -67,7 +67,10 @@ def last_log_line(path: str | None, width: int = 60) -> str:
 
 def stage_note(stage: StageState) -> str:
     if stage.status == "running" and stage.attempts:
-        return last_log_line(stage.attempts[-1].log)
+        attempt = stage.attempts[-1]
+        if attempt.queue and "admitted" not in attempt.queue:  # waiting: no pod, no log yet
+            return attempt.queue
+        return last_log_line(attempt.log)
     if stage.status in ("failed", "cancelled") and stage.attempts:
         return (stage.attempts[-1].reason or "")[:80]
     if stage.status in ("cached", "supplied"):
@@ -122,11 +125,12 @@ class LineProgress:
 
     def __init__(self, console: Console):
         self.console = console
-        self.seen: dict[str, tuple[str, int]] = {}
+        self.seen: dict[str, tuple[str, int, str | None]] = {}
 
     def __call__(self, record: RunRecord) -> None:
         for stage in record.stages.values():
-            now = (stage.status, len(stage.attempts))
+            now = (stage.status, len(stage.attempts),
+                   stage.attempts[-1].queue if stage.attempts else None)
             if self.seen.get(stage.name) == now:
                 continue
             self.seen[stage.name] = now
@@ -136,10 +140,11 @@ class LineProgress:
             if stage.status == "running" and stage.attempts:
                 attempt = stage.attempts[-1]
                 parts.append(f"attempt {attempt.number}" + (f" (log {Path(attempt.log).name})" if attempt.log else ""))
+                parts.append(attempt.queue or "")
             elif stage.status in ("succeeded", "failed", "cancelled"):
                 parts.append(format_seconds(stage.elapsed_s))
                 parts.append(key_metrics(stage.metrics, limit=5))
-                if stage.status != "succeeded" and stage.attempts:
+                if stage.attempts and (stage.status != "succeeded" or stage.attempts[-1].preemptions):
                     parts.append(stage.attempts[-1].reason or "")
             elif stage.status == "cached":
                 parts.append(stage.key)

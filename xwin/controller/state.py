@@ -36,6 +36,9 @@ class Attempt(BaseModel):
     exit_code: int | None = None
     status: Literal["running", "succeeded", "failed", "cancelled"] = "running"
     reason: str | None = None
+    queue: str | None = Field(None, description="its Kueue state while running: pending quota, "
+                              "admitted, preempted (None: no queue)")
+    preemptions: int = Field(0, description="times Kueue preempted it; it resumed each time")
     log: str | None = None
     pids: list[int] = Field(default_factory=list, description="local process groups, for cleanup")
 

@@ -33,6 +33,8 @@ class StageResult(StrictModel):
     reason: str | None = Field(None, description="why it failed: OOMKilled, ImagePullBackOff, the stage's error ...")
     permanent: bool = Field(False, description="bad config/data: retrying cannot help")
     log_path: Path | None = None
+    preemptions: int = Field(0, ge=0, description="times a queue (Kueue) suspended the running "
+                             "attempt to free its quota; it resumed after readmission, no failure")
 
 
 class Executor(ABC):

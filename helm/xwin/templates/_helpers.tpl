@@ -103,6 +103,8 @@ capabilities:
       "unschedulable_timeout_s" .Values.stagePods.unschedulableTimeoutSeconds
       "labels" (dict "app.kubernetes.io/instance" .Release.Name) -}}
 {{- with .Values.stagePods.workVolumeSize }}{{ $_ := set $kube "work_volume_size" . }}{{ end -}}
+{{- with .Values.kueue.queue }}{{ $_ := set $kube "queue" . }}{{ end -}}
+{{- with .Values.kueue.priorityClass }}{{ $_ := set $kube "priority_class" . }}{{ end -}}
 {{- $executor := dict "kind" "kubernetes" "namespace" .Release.Namespace
       "profiles_dir" "/opt/xwin/jobs" "profiles" (deepCopy .Values.profiles) "images" $images
       "kubernetes" $kube -}}

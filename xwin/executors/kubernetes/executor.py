@@ -7,8 +7,16 @@ created through the official client and followed with a resumable watch until th
   `unschedulable_timeout_s` (None: wait); then the Job is deleted and the stage fails.
 - Retries are the controller's: the Job itself retries pods only as its profile says.
 - Logs of every pod are fetched into the attempt's log folder when the Job ends.
-- `cancel(run_id)` deletes the run's Jobs (pods go with them) and their Services/ConfigMaps;
-  `adopt(job)` follows a Job that a previous controller created instead of creating another.
+- `cancel(run_id)` deletes the run's Jobs (pods go with them) and their Services/ConfigMaps/
+  NetworkPolicies; `adopt(job)` follows a Job that a previous controller created instead of
+  creating another.
+- Under Kueue (`executor.kubernetes.queue`) a Job starts suspended. Suspended and never run:
+  "pending quota (Kueue)"; unsuspended: "admitted by Kueue"; suspended again after it ran:
+  "preempted by Kueue". Kueue's preemption deletes the pods through the Job's own suspension,
+  which the Job controller counts as no failure, and the follow goes on: the Job waits for
+  readmission, its pods start again and the stage resumes from its last checkpoint in the
+  store. A preemption is therefore not a failed attempt; the result counts them
+  (`StageResult.preemptions`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from xwin.executors.base import Executor, StageJob, StageResult
 from xwin.executors.kubernetes import diagnose
 from xwin.executors.kubernetes.naming import (
     JOB_NAME_LABEL,
+    KUEUE_QUEUE_LABEL,
     LABEL_APP,
     LABEL_ATTEMPT,
     LABEL_RUN,
@@ -41,6 +50,9 @@ from xwin.executors.kubernetes.settings import KubernetesConfig
 from xwin.executors.kubernetes.watch import ResumableWatch, call
 
 log = logging.getLogger(__name__)
+QUEUE_PENDING = "pending quota (Kueue)"
+QUEUE_ADMITTED = "admitted by Kueue"
+QUEUE_PREEMPTED = "preempted by Kueue; waiting for readmission"
 _EPOCH = datetime.fromtimestamp(0, timezone.utc)
 
 
@@ -59,15 +71,20 @@ def api_client_from_environment() -> k8s.ApiClient:
 class KubernetesExecutor(Executor):
     def __init__(self, namespace: str, settings: KubernetesConfig | None = None,
                  api_client: k8s.ApiClient | None = None,
-                 on_problem: Callable[[StageJob, str], None] | None = None):
+                 on_problem: Callable[[StageJob, str], None] | None = None,
+                 on_queue: Callable[[StageJob, str], None] | None = None):
         """on_problem(job, reason) is called once per new trouble of a running stage (a pod
-        unschedulable, pulling its image in vain), for `xwin status` to show."""
+        unschedulable, pulling its image in vain), for `xwin status` to show; on_queue(job,
+        state) at each change of its Kueue state (QUEUE_PENDING, QUEUE_ADMITTED,
+        QUEUE_PREEMPTED)."""
         self.namespace = namespace
         self.settings = settings or KubernetesConfig()
         self.api_client = api_client or api_client_from_environment()
         self.batch = k8s.BatchV1Api(self.api_client)
         self.core = k8s.CoreV1Api(self.api_client)
+        self.networking = k8s.NetworkingV1Api(self.api_client)
         self.on_problem = on_problem
+        self.on_queue = on_queue
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
 
@@ -131,11 +148,14 @@ class KubernetesExecutor(Executor):
         return created
 
     def _create_owned(self, rendered: RenderedStage, job: k8s.V1Job) -> None:
-        """The ConfigMap and Service, owned by the Job; those that exist already are kept."""
+        """The ConfigMap, Service and NetworkPolicy, owned by the Job; those that exist already
+        are kept."""
         owner = k8s.V1OwnerReference(api_version="batch/v1", kind="Job",
                                      name=job.metadata.name, uid=job.metadata.uid)
         for obj, create in ((rendered.config_map, self.core.create_namespaced_config_map),
-                            (rendered.service, self.core.create_namespaced_service)):
+                            (rendered.service, self.core.create_namespaced_service),
+                            (rendered.network_policy,
+                             self.networking.create_namespaced_network_policy)):
             if obj is None:
                 continue
             obj.metadata.owner_references = [owner]
@@ -147,9 +167,10 @@ class KubernetesExecutor(Executor):
 
     def _delete_stage_objects(self, name: str) -> None:
         """The Job with its pods (Foreground: gone when the delete completes), and the
-        Service and ConfigMap of the same name."""
+        Service, NetworkPolicy and ConfigMap of the same name."""
         body = k8s.V1DeleteOptions(propagation_policy="Foreground")
         for delete in (self.batch.delete_namespaced_job, self.core.delete_namespaced_service,
+                       self.networking.delete_namespaced_network_policy,
                        self.core.delete_namespaced_config_map):
             try:
                 call(delete, name, self.namespace, body=body)
@@ -169,31 +190,45 @@ class KubernetesExecutor(Executor):
                                  field_selector=f"metadata.name={name}",
                                  timeout_s=self.settings.watch_timeout_s)
         stuck_since: dict[tuple[str, str], float] = {}
+        queue = _QueueState()
         seen_job = False
         while True:
             for event in watcher.events():
                 obj = event["object"]
                 seen_job = True
                 if event["type"] == "DELETED" or obj.metadata.deletion_timestamp:
-                    return self._deleted(job, name)
+                    return self._deleted(job, name, queue.preemptions)
                 if (outcome := diagnose.job_outcome(obj)) is not None:
-                    return self._finish(job, name, obj, outcome)
+                    return self._finish(job, name, obj, outcome, queue.preemptions)
+                if (change := queue.update(obj)) is not None:
+                    self._queue_changed(job, name, change)
+                    stuck_since.clear()  # the pods of before a preemption are gone
+                if queue.suspended:
+                    continue  # no pods to check: Kueue has not (re)admitted the Job
                 if (given_up := self._check_pods(job, name, stuck_since)) is not None:
                     return given_up
             # The watch request ended quietly: check on the pods, then resume.
             if self._is_cancelled(job.run_id):
-                return self._deleted(job, name)
+                return self._deleted(job, name, queue.preemptions)
             if not seen_job:
                 return StageResult(status="failed", reason=f"job {self.namespace}/{name} not found")
+            if queue.suspended:
+                continue
             if (given_up := self._check_pods(job, name, stuck_since)) is not None:
                 return given_up
 
-    def _deleted(self, job: StageJob, name: str) -> StageResult:
+    def _queue_changed(self, job: StageJob, name: str, state: str) -> None:
+        log.info("%s: job %s/%s %s", job.stage, self.namespace, name, state)
+        if self.on_queue is not None:
+            self.on_queue(job, state)
+
+    def _deleted(self, job: StageJob, name: str, preemptions: int = 0) -> StageResult:
         log_path = self._fetch_logs(job, name)
         if self._is_cancelled(job.run_id):
-            return StageResult(status="cancelled", reason="run cancelled", log_path=log_path)
+            return StageResult(status="cancelled", reason="run cancelled", log_path=log_path,
+                               preemptions=preemptions)
         return StageResult(status="failed", reason=f"job {self.namespace}/{name} was deleted",
-                           log_path=log_path)
+                           log_path=log_path, preemptions=preemptions)
 
     def _pods(self, name: str) -> list[k8s.V1Pod]:
         return call(self.core.list_namespaced_pod, self.namespace,
@@ -226,22 +261,26 @@ class KubernetesExecutor(Executor):
                                    permanent=problem.permanent, log_path=log_path)
         return None
 
-    def _finish(self, job: StageJob, name: str, obj: k8s.V1Job, outcome: str) -> StageResult:
+    def _finish(self, job: StageJob, name: str, obj: k8s.V1Job, outcome: str,
+                preemptions: int = 0) -> StageResult:
         log_path = self._fetch_logs(job, name)
         if outcome == "succeeded":
-            return StageResult(status="succeeded", exit_code=0, log_path=log_path)
+            note = (f"preempted by Kueue {preemptions} time(s); readmitted and resumed"
+                    if preemptions else None)
+            return StageResult(status="succeeded", exit_code=0, log_path=log_path, reason=note,
+                               preemptions=preemptions)
         job_reason, job_message = diagnose.job_failure(obj)
         problem = diagnose.first_failure(self._pods(name))
         if problem is None:  # e.g. DeadlineExceeded with the pods already gone
             return StageResult(status="failed", reason=f"{job_reason}: {job_message}".rstrip(": "),
-                               log_path=log_path)
+                               log_path=log_path, preemptions=preemptions)
         problem = self._with_events(problem)
         reason = problem.describe()
         if job_reason in ("DeadlineExceeded",):
             reason = f"DeadlineExceeded: {job_message}; {reason}"
         failed_log = job.log_dir / self._log_names(job, name).get(problem.pod, "")
         return StageResult(status="failed", exit_code=problem.exit_code, reason=reason,
-                           permanent=problem.permanent,
+                           permanent=problem.permanent, preemptions=preemptions,
                            log_path=failed_log if failed_log.is_file() else log_path)
 
     def _with_events(self, problem: diagnose.PodProblem) -> diagnose.PodProblem:
@@ -291,3 +330,31 @@ class KubernetesExecutor(Executor):
             if file == f"{job.stage}.{job.attempt}.log":
                 main = path
         return main
+
+
+class _QueueState:
+    """A followed Job's Kueue state, from its `spec.suspend` (the one field Kueue drives):
+    suspended before it ever ran is pending quota, unsuspended is admitted, suspended again
+    after it ran is preempted (or evicted, e.g. by waitForPodsReady's timeout) and requeued.
+    Jobs without the queue label are never reported."""
+
+    def __init__(self):
+        self.state: str | None = None
+        self.suspended = False
+        self.preemptions = 0
+
+    def update(self, obj: k8s.V1Job) -> str | None:
+        """The new state when it changed, else None."""
+        self.suspended = bool(obj.spec and obj.spec.suspend)
+        if KUEUE_QUEUE_LABEL not in (obj.metadata.labels or {}):
+            return None
+        if self.suspended:
+            new = QUEUE_PREEMPTED if self.state == QUEUE_ADMITTED else (self.state or QUEUE_PENDING)
+        else:
+            new = QUEUE_ADMITTED
+        if new == self.state:
+            return None
+        if new == QUEUE_PREEMPTED:
+            self.preemptions += 1
+        self.state = new
+        return new

@@ -14,6 +14,8 @@ LABEL_ATTEMPT = "xwin.dev/attempt"
 ANNOTATION_RUN_ID = "xwin.dev/run-id"  # the full run id; the label may be shortened
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # set on pods by the Job controller
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # the LocalQueue a Job waits in
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # its WorkloadPriorityClass
 
 _MAX_JOB_NAME = 52  # + "-<index>" hostname and the pod name suffix stay within 63
 

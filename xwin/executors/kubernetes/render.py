@@ -8,6 +8,21 @@ fails here, in Python, not in the cluster): a ConfigMap with the stage spec, a J
     sample/score (sharded): Indexed Job, one shard per completion index.
     the rest (single):      one small pod.
 
+A multi-node gang also gets a NetworkPolicy: its pods accept ingress only from pods of the
+same Job (any port: the rendezvous and NCCL's ephemeral ones), nothing from elsewhere. Egress
+is left open (the policy has no Egress type): the pods reach the object store, the image
+registry and DNS. The policy only takes effect where the cluster's network plugin enforces
+NetworkPolicies (Calico, Cilium ...); elsewhere it is inert and nothing breaks.
+
+Kueue (`executor.kubernetes.queue`): every Job is labelled with the LocalQueue and created with
+`spec.suspend: true`; Kueue unsuspends it once the whole Job fits the queue's quota. All pods of
+an Indexed Job are one Workload (one pod set of `parallelism` pods; parallelism = completions =
+nodes), so a gang is admitted all or nothing. Admitted quota is not yet running pods: with
+`waitForPodsReady` enabled in Kueue's Configuration, a gang that is admitted but cannot get all
+its pods Ready in time is evicted and requeued instead of holding GPUs half-started.
+Plain Indexed Jobs, not JobSets: Kueue already admits an Indexed Job as one gang, and one Job
+per stage keeps the objects, the RBAC and the failure handling as they are without Kueue.
+
 The container's command, environment and completions come from the stage's launch description
 (`xwin.executors.launch`), which the local executor runs as processes on 127.0.0.1: both
 executors start stages the same way.
@@ -28,6 +43,8 @@ from xwin.executors.kubernetes.naming import (
     ANNOTATION_RUN_ID,
     COMPLETION_INDEX_ANNOTATION,
     JOB_NAME_LABEL,
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
     job_name,
     master_addr,
     stage_labels,
@@ -84,6 +101,7 @@ class RenderedStage:
     job: k8s.V1Job
     config_map: k8s.V1ConfigMap
     service: k8s.V1Service | None = None
+    network_policy: k8s.V1NetworkPolicy | None = None
 
     @property
     def name(self) -> str:
@@ -94,7 +112,8 @@ class RenderedStage:
         return self.job.metadata.namespace
 
     def objects(self) -> list[Any]:
-        return [o for o in (self.config_map, self.service, self.job) if o is not None]
+        return [o for o in (self.config_map, self.service, self.network_policy, self.job)
+                if o is not None]
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [to_dict(o) for o in self.objects()]
@@ -157,6 +176,10 @@ def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> 
             ),
         )
 
+    network_policy = None
+    if profile.kind == "train" and completions > 1:
+        network_policy = _gang_network_policy(name, ns, labels)
+
     pod = k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(
             labels=labels, annotations={**kube.annotations, ANNOTATION_RUN_ID: job.run_id}
@@ -166,8 +189,11 @@ def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> 
     job_obj = k8s.V1Job(
         api_version="batch/v1",
         kind="Job",
-        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=labels, annotations=annotations),
+        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels={**labels, **_kueue_labels(kube)},
+                                  annotations=annotations),
         spec=k8s.V1JobSpec(
+            # Kueue's to start: it unsuspends the Job once the whole gang fits the quota
+            suspend=True if kube.queue else None,
             completions=completions,
             parallelism=completions,
             completion_mode="NonIndexed" if profile.kind == "single" else "Indexed",
@@ -178,7 +204,34 @@ def render_stage(job: StageJob, settings: Any, namespace: str | None = None) -> 
             **_backoff(profile),
         ),
     )
-    return RenderedStage(job=job_obj, config_map=config_map, service=service)
+    return RenderedStage(job=job_obj, config_map=config_map, service=service,
+                         network_policy=network_policy)
+
+
+def _kueue_labels(kube: KubernetesConfig) -> dict[str, str]:
+    """The Job's LocalQueue and WorkloadPriorityClass, where Kueue reads them."""
+    labels = {}
+    if kube.queue:
+        labels[KUEUE_QUEUE_LABEL] = kube.queue
+    if kube.priority_class:
+        labels[KUEUE_PRIORITY_LABEL] = kube.priority_class
+    return labels
+
+
+def _gang_network_policy(name: str, ns: str, labels: dict[str, str]) -> k8s.V1NetworkPolicy:
+    """Ingress to the gang's pods only from the gang's pods, on any port; egress untouched.
+    Pods are selected by the label the Job controller puts on every pod of Job `name`."""
+    gang = k8s.V1LabelSelector(match_labels={JOB_NAME_LABEL: name})
+    return k8s.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1",
+        kind="NetworkPolicy",
+        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=labels),
+        spec=k8s.V1NetworkPolicySpec(
+            pod_selector=gang,
+            policy_types=["Ingress"],  # no "Egress": the pods still reach S3, DNS, registries
+            ingress=[k8s.V1NetworkPolicyIngressRule(_from=[k8s.V1NetworkPolicyPeer(pod_selector=gang)])],
+        ),
+    )
 
 
 def _check_tensor_parallel(job: StageJob) -> None:

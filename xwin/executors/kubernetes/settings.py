@@ -51,5 +51,15 @@ class KubernetesConfig(StrictModel):
     watch_timeout_s: int = Field(
         60, ge=1, description="server-side length of one watch request; it is then resumed"
     )
+    queue: str | None = Field(
+        None, description="Kueue LocalQueue of the stage Jobs (None: no Kueue). Each Job is "
+        "created suspended with the label kueue.x-k8s.io/queue-name; Kueue unsuspends it when "
+        "the whole gang fits its quota, and may suspend it again to preempt it",
+    )
+    priority_class: str | None = Field(
+        None, description="Kueue WorkloadPriorityClass of the stage Jobs (label "
+        "kueue.x-k8s.io/priority-class; orders the queue and preemption). Not the pods' "
+        "PriorityClass, which is the profiles' priority_class",
+    )
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels on every object")
     annotations: dict[str, str] = Field(default_factory=dict, description="extra pod annotations")
