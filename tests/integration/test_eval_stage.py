@@ -448,3 +448,26 @@ def test_verifiable_prompts_are_checked_per_model_with_paired_differences(
     assert paired["only_x"] == sum(b and not a for a, b in zip(checked["a"], checked["b"]))
     report = (out / "report.md").read_text()
     assert "Verifiable instruction following" in report and "b vs a" in report
+
+
+def test_the_gold_metric_alone_needs_no_judge_and_checks_none(tmp_path, server, tiny_model_dir):
+    """MT-bench off, no AlpacaEval, constraint prompts only: eval answers and checks them, sends
+    the judge nothing (not even the gate's calibration: there is no verdict to believe), and
+    says the judge was not checked; with nothing at all to evaluate it is a config error."""
+    prompt = {"id": "p0", "messages": [{"role": "user", "content": "Tell me about tea."}],
+              "constraints": [{"instruction_id": "punctuation:no_comma"}]}
+    (tmp_path / "prompts.jsonl").write_text(json.dumps(prompt) + "\n")
+    spec = write_spec(tmp_path, server, {"model:a": str(tiny_model_dir),
+                                         "prompts": str(tmp_path / "prompts.jsonl")},
+                      mtbench={"enabled": False})
+    metrics = run_stage("eval", spec)
+    assert server.requests == [] and "judge/gate_passed" not in metrics
+    results = json.loads((committed(tmp_path) / "results.json").read_text())
+    assert results["verifiable"]["ifeval"]["models"]["a"]["prompt_strict"]["n"] == 1
+    assert (results["judge_gate"]["checked"], results["judge_gate"]["passed"]) == (False, None)
+
+    (tmp_path / "empty").mkdir()
+    empty = write_spec(tmp_path / "empty", server, {"model:a": str(tiny_model_dir)},
+                       mtbench={"enabled": False})
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        run_stage("eval", empty)

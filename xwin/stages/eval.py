@@ -305,8 +305,12 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
         from xwin.judge.verifiable import load_ifbench_test
 
         ifbench = list(load_ifbench_test())[: config.verifiable.ifbench_max_prompts]
-    if not (questions or alpaca_items):
-        raise ConfigError("stage eval: nothing to judge (mtbench.enabled is off, no alpaca input)")
+    judged = bool(questions or alpaca_items)
+    if not (judged or prompts or ifbench):
+        raise ConfigError("stage eval: nothing to evaluate (mtbench.enabled is off, no alpaca "
+                          "input, no constraint prompts or reward model, verifiable.ifbench off)")
+    # nothing judged (the gold metric alone): no judge to check, so no judge server starts
+    gate = config.judge_gate if judged else config.judge_gate.model_copy(update={"enabled": False})
     judge_input = ctx.input("judge") if "judge" in ctx.spec.inputs else None
     judge_name = Path(ctx.spec.inputs["judge"].replace("#", "/")).name if judge_input else None
 
@@ -322,8 +326,7 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
                                                   ifbench)
         for label, mine in answers.items():
             _write_json(out / "answers" / f"{label}.json", mine)
-        calibration, calibration_records = calibrate(judge, config.judge, config.judge_gate,
-                                                     calibration_items)
+        calibration, calibration_records = calibrate(judge, config.judge, gate, calibration_items)
         results, records = judge_answers(judge, config, questions, alpaca_items, references,
                                          answers)
         outcomes = [Outcome(r["outcome"]) for r in records if "outcome" in r]
@@ -334,7 +337,7 @@ def run(config: EvalConfig, ctx: StageContext) -> dict[str, float]:
             "stats": judge.stats.as_dict(), **verdicts,
             "swap_agreement": swap_agreement(outcomes),
         }
-    results["judge_gate"] = gate_results(config.judge_gate, calibration, outcomes, verdicts)
+    results["judge_gate"] = gate_results(gate, calibration, outcomes, verdicts)
     results["verifiable"] = verifiable_results(prompts, ifbench, answers, config.confidence,
                                                config.bootstrap_samples, config.seed)
     if "reward_model" in ctx.spec.inputs:
