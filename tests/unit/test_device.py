@@ -91,3 +91,26 @@ def test_the_hf_backend_generates_where_the_policy_says(meta_policy, tiny_model_
 
     engine = HfEngine(tiny_model_dir, EngineOptions(backend="hf", dtype="float32"))
     assert {p.device.type for p in engine.model.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize(("cores", "expected"), [
+    ({0, 1}, {"VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+    ({2, 5, 7, 3}, {"VLLM_CPU_OMP_THREADS_BIND": "2,3,5,7", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+    (set(range(8)), {}),  # a bigger machine keeps vLLM's own binding (one core for the frontend)
+])
+def test_vllm_on_a_small_cpu_machine_computes_on_every_allowed_core(monkeypatch, cores, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: cores)
+    assert policy.vllm_cpu_env({}) == expected
+
+
+@pytest.mark.parametrize("name", policy.VLLM_CPU_THREAD_SETTINGS)
+def test_vllm_threading_already_chosen_in_the_environment_is_left_alone(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert policy.vllm_cpu_env({name: "1"}) == {}
+
+
+def test_vllm_on_a_gpu_gets_no_cpu_threading(four_gpus, monkeypatch):
+    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert policy.vllm_cpu_env({}) == {}

@@ -19,6 +19,7 @@ from typing_extensions import Self
 from xwin.core.hardware import resolve_dtype
 from xwin.core.net import free_port
 from xwin.judge.config import LocalServerConfig
+from xwin.models.device import vllm_cpu_env
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class VllmServer:
         with open(self.log_path, "ab") as out:
             # A new session: stop() signals the whole group, vLLM's engine processes included.
             self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env=os.environ.copy())
+                                            start_new_session=True,
+                                            env={**os.environ, **vllm_cpu_env()})
         try:
             self._wait_ready()
         except BaseException:

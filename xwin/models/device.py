@@ -56,3 +56,25 @@ def select_device(local_rank: int | None = None) -> torch.device:
 def place_model(model: torch.nn.Module, device: str | torch.device | None = None) -> torch.nn.Module:
     """`model` moved to `device`, by default the policy's (select_device()); returns the model."""
     return model.to(select_device() if device is None else torch.device(device))
+
+
+# vLLM's CPU engine binds one OpenMP thread per core and keeps one core back for its frontend.
+# On a machine this small that core is a large share of the compute: measured on 2 cores (AMD
+# EPYC, SmolLM2-135M, 16 prompts x 8 samples x 96 tokens), binding both cores generated 576
+# tokens/s against 325 with one held back (1.77x).
+SMALL_CPU_MACHINE_CORES = 4
+VLLM_CPU_THREAD_SETTINGS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "OMP_NUM_THREADS")
+
+
+def vllm_cpu_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment settings for a vLLM engine on this machine: on a CPU-only machine with at most
+    SMALL_CPU_MACHINE_CORES usable cores, every core computes and none is reserved. Empty on a
+    GPU, on a bigger machine, and wherever the environment already says how to thread (someone
+    chose, or the local executor split the cores between processes)."""
+    environ = os.environ if environ is None else environ
+    if torch.cuda.is_available() or any(name in environ for name in VLLM_CPU_THREAD_SETTINGS):
+        return {}
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > SMALL_CPU_MACHINE_CORES:
+        return {}
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}

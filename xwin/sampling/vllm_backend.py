@@ -9,9 +9,11 @@ per-request seeds kill the CPU engine, so only the engine is seeded; eager mode 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
+from xwin.models.device import vllm_cpu_env
 from xwin.sampling.generation import Engine, EngineOptions, Generation
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ class VllmEngine(Engine):
         on_gpu = torch.cuda.is_available()
         enforce_eager = not on_gpu if options.enforce_eager is None else options.enforce_eager
         memory_share = options.gpu_memory_utilization or (0.9 if on_gpu else 0.3)
+        os.environ.update(vllm_cpu_env())  # read by the engine process vLLM spawns
         self.llm = LLM(
             model=str(self.model_dir),
             dtype=options.dtype,
