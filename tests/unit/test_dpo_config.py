@@ -51,3 +51,12 @@ def test_rpo_alpha_is_off_by_default_and_not_negative():
 def test_unknown_loss_type_is_a_validation_error():
     with pytest.raises(ValidationError, match="loss_type"):
         DpoConfig(loss_type="kto_pair")
+
+
+def test_simpo_gets_its_own_beta_unless_one_is_given():
+    from xwin.train.dpo_config import SIMPO_DEFAULT_BETA, DpoConfig
+
+    assert DpoConfig(loss_type="simpo").beta == SIMPO_DEFAULT_BETA == 2.0
+    assert DpoConfig(loss_type="simpo", beta=5.0).beta == 5.0
+    assert DpoConfig(loss_type="simpo", beta=0.1).beta == 0.1  # said explicitly: kept
+    assert DpoConfig().beta == DpoConfig(loss_type="hinge").beta == 0.1

@@ -29,15 +29,30 @@ def model_order(labels) -> list[str]:
     return [m for m in known if m in labels] + sorted(m for m in labels if m not in known)
 
 
+def per_model(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each evaluated model's held-out figures, base first then pipeline order: the gold
+    metric's value, interval and prompt count, its answers' length and their mean RM score."""
+    verifiable = ((results.get("verifiable") or {}).get("ifeval") or {}).get("models") or {}
+    rewards = results.get("reward") or {}
+    rows = {}
+    for label in model_order(set(verifiable) | set(rewards)):
+        strict = (verifiable.get(label) or {}).get("prompt_strict") or {}
+        length = (verifiable.get(label) or {}).get("length_words") or {}
+        rows[label] = {"value": strict.get("value"), "ci": strict.get("ci"), "n": strict.get("n"),
+                       "length_words_mean": length.get("mean"),
+                       "length_words_median": length.get("median"),
+                       "rm_score": (rewards.get(label) or {}).get("prompts_mean")}
+    return rows
+
+
 def stage_gains(results: dict[str, Any]) -> list[str]:
     """Markdown lines of the "Stage gains" section, or none when eval measured nothing per model."""
     verifiable = (results.get("verifiable") or {}).get("ifeval") or {}
-    rewards = results.get("reward") or {}
     gate = results.get("judge_gate") or {}
     judged_ok = bool(gate.get("checked")) and gate.get("passed") is True
     single = (results.get("mtbench") or {}).get("single") or {}
-    labels = model_order(set(verifiable.get("models", {})) | set(rewards))
-    if not labels:
+    models = per_model(results)
+    if not models:
         return []
     conf = f"{results.get('confidence', 0.95):.0%} CI"
     header = ["model", "verifiable (prompt strict)", conf, "RM score (held-out)",
@@ -52,14 +67,10 @@ def stage_gains(results: dict[str, Any]) -> list[str]:
                                                         if gate.get("checked") else
                                                         "was not checked."))), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label in labels:
-        v = verifiable.get("models", {}).get(label, {})
-        strict = v.get("prompt_strict", {})
-        ci = strict.get("ci") or [math.nan, math.nan]
-        length = v.get("length_words", {})
-        row = [label, _pct(strict.get("value")), f"[{_pct(ci[0])}, {_pct(ci[1])}]",
-               _num((rewards.get(label) or {}).get("prompts_mean")),
-               f"{_num(length.get('mean'), 0)} / {_num(length.get('median'), 0)}"]
+    for label, m in models.items():
+        ci = m["ci"] or [math.nan, math.nan]
+        row = [label, _pct(m["value"]), f"[{_pct(ci[0])}, {_pct(ci[1])}]", _num(m["rm_score"]),
+               f"{_num(m['length_words_mean'], 0)} / {_num(m['length_words_median'], 0)}"]
         if judged_ok and single:
             row.append(_num((single.get(label) or {}).get("score"), 2))
         lines.append("| " + " | ".join(row) + " |")
@@ -90,13 +101,8 @@ def gains_summary(results: dict[str, Any]) -> dict[str, Any] | None:
     verifiable = (results.get("verifiable") or {}).get("ifeval") or {}
     if not verifiable.get("models"):
         return None
-    models = {}
-    for label in model_order(verifiable["models"]):
-        strict = verifiable["models"][label].get("prompt_strict") or {}
-        length = verifiable["models"][label].get("length_words") or {}
-        models[label] = {"value": strict.get("value"), "ci": strict.get("ci"), "n": strict.get("n"),
-                         "length_words_mean": length.get("mean"),
-                         "rm_score": ((results.get("reward") or {}).get(label) or {}).get("prompts_mean")}
+    models = {label: {k: m[k] for k in ("value", "ci", "n", "length_words_mean", "rm_score")}
+              for label, m in per_model(results).items() if label in verifiable["models"]}
     paired = {name: {"diff": p["diff"], "ci": p["ci"], "n": p["n"], "mcnemar_p": p.get("mcnemar_p")}
               for name, p in (verifiable.get("paired") or {}).items()}
     gate = results.get("judge_gate") or {}

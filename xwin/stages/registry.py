@@ -136,7 +136,7 @@ STAGES: tuple[StageDef, ...] = (
         train=Input("select#rs.jsonl", _TRAIN_DATA),
     ),
     _trainer(
-        "dpo", "DPO against a frozen reference on ranked pairs (Xwin-LM-DPO)", DpoConfig,
+        "dpo", "DPO on ranked pairs against a frozen reference (Xwin-LM-DPO), or reference-free (SimPO)", DpoConfig,
         "xwin.train.dpo:run",
         model=Input("rs", "HF model folder: the policy's start and the reference"),
         train=Input("select#dpo.jsonl", _PAIRS),

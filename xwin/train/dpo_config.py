@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 
 from xwin.train.config import TrainConfig
 
+SIMPO_DEFAULT_BETA = 2.0  # the SimPO paper tunes beta in 2 to 10; its reference recipe starts at 2
+
 
 class DpoConfig(TrainConfig):
     """Defaults after Zephyr/Tulu-style full DPO of 7B models: beta 0.1, a very small learning
@@ -29,7 +31,8 @@ class DpoConfig(TrainConfig):
     )
     beta: float = Field(
         0.1, gt=0,
-        description="strength of the pull towards the reference (simpo: the reward scale, 2 to 10 in the paper)",
+        description="strength of the pull towards the reference; simpo: the reward scale, 2 to 10 in the "
+        "paper, and 2.0 when not set (0.1 would leave SimPO's length-normalised margins near zero)",
     )
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5,
@@ -51,6 +54,8 @@ class DpoConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _loss_settings_fit_the_loss(self) -> DpoConfig:
+        if self.loss_type == "simpo" and "beta" not in self.model_fields_set:
+            self.beta = SIMPO_DEFAULT_BETA
         if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
             raise ValueError(
                 f"label_smoothing is for loss_type sigmoid or robust, not {self.loss_type}; set it to 0"
