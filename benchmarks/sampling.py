@@ -1,5 +1,8 @@
 """Sampling and scoring throughput, measured side by side in one run.
 
+0. vLLM's CPU thread binding (CPU only): its default (one OpenMP thread per core, one core held
+   back for the frontend) against xwin's on a small machine (every core computes,
+   `xwin.models.device.vllm_cpu_env`); generated tokens/s of each and the ratio.
 1. Generation: the same model (SmolLM2-135M-Instruct), the same prompts (MT-bench first turns)
    and the same N through the vLLM backend and the batched HF-generate backend; generated
    tokens/s of each (the engine start-up timed apart) and the vLLM/HF ratio.
@@ -79,6 +82,46 @@ def bench_generation(model_dir: Path, contexts: list, args) -> dict:
     ratio = results["vllm"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
     print(f"vLLM / HF generated tokens/s: {ratio:.2f}x", flush=True)
     return {"backends": results, "vllm_over_hf": round(ratio, 3)}
+
+
+def bench_vllm_binding(model_dir: Path, contexts: list, args) -> dict:
+    """vLLM's own CPU binding against xwin's, one engine at a time (the binding is read when the
+    engine process starts), each warmed up and timed `repeats` times in alternation."""
+    from xwin.models.device import VLLM_CPU_THREAD_SETTINGS, vllm_cpu_env
+    from xwin.sampling import EngineOptions, GenerationParams, open_engine
+
+    saved = {name: os.environ.pop(name) for name in VLLM_CPU_THREAD_SETTINGS if name in os.environ}
+    settings = {"vllm default": {}, "xwin": vllm_cpu_env({})}
+    if not settings["xwin"]:
+        print("vLLM binding: this machine is not a small CPU machine; nothing to compare", flush=True)
+        os.environ.update(saved)
+        return {}
+    params = GenerationParams(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    options = EngineOptions(backend="vllm", dtype=args.dtype, seed=0, max_model_len=2048,
+                            gpu_memory_utilization=args.gpu_memory_utilization)
+    results: dict[str, dict] = {name: {"env": env, "runs": []} for name, env in settings.items()}
+    try:
+        for _ in range(args.repeats):
+            for name, env in settings.items():
+                os.environ.update(env)
+                with open_engine(model_dir, options) as engine:
+                    engine.generate(contexts[:2], n=1, params=params)  # warm-up
+                    started = time.perf_counter()
+                    out = engine.generate(contexts, n=args.n, params=params)
+                    seconds = time.perf_counter() - started
+                for variable in env:
+                    os.environ.pop(variable, None)
+                tokens = sum(g.num_tokens for gens in out for g in gens)
+                results[name]["runs"].append(round(tokens / seconds, 1))
+                print(f"vLLM binding {name:>12}: {tokens} tokens in {seconds:.1f} s = "
+                      f"{tokens / seconds:.1f} tokens/s", flush=True)
+    finally:
+        os.environ.update(saved)
+    for r in results.values():
+        r["tokens_per_s"] = round(statistics.median(r["runs"]), 1)
+    ratio = results["xwin"]["tokens_per_s"] / results["vllm default"]["tokens_per_s"]
+    print(f"vLLM every core / vLLM default binding, generated tokens/s: {ratio:.2f}x", flush=True)
+    return {**results, "xwin_over_default": round(ratio, 3)}
 
 
 def sharegpt_pairs(count: int) -> list[tuple[list, str]]:
@@ -190,6 +233,7 @@ def main() -> None:
         f"CPU ({os.cpu_count()} cores, {platform.machine()}), torch threads {torch.get_num_threads()}"
     print(f"model {model_dir.name}, {len(contexts)} MT-bench prompts x N={args.n}, "
           f"max {args.max_new_tokens} new tokens, {resolve_dtype(args.dtype)}, {device}", flush=True)
+    binding = {} if torch.cuda.is_available() else bench_vllm_binding(model_dir, contexts, args)
     generation = bench_generation(model_dir, contexts, args)
     replies = generation["backends"]["hf"].pop("texts")
     generation["backends"]["vllm"].pop("texts")
@@ -200,7 +244,7 @@ def main() -> None:
         scoring["sharegpt"] = bench_scoring("sharegpt", rm, tokenizer, sharegpt_pairs(args.sharegpt), args)
     report = {"device": device, "threads": args.threads, "load_avg_at_end": os.getloadavg(),
               "prompts": len(contexts), "n": args.n, "max_new_tokens": args.max_new_tokens,
-              "dtype": args.dtype, "generation": generation, "scoring": scoring}
+              "dtype": args.dtype, "vllm_binding": binding, "generation": generation, "scoring": scoring}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
