@@ -1,7 +1,8 @@
 """A client for any OpenAI-compatible chat endpoint (vLLM, OpenAI, a proxy), built for judging:
 bounded concurrency, retries with backoff on 429/5xx/timeouts, and a persistent cache so that a
-rerun asks nothing twice. The endpoint may be given lazily (a function that starts a server),
-so a fully cached rerun never starts one."""
+rerun asks nothing twice. An API key (from the environment only) goes to https:// endpoints or
+to this machine; plain http elsewhere needs judge.allow_insecure_http. The endpoint may be given
+lazily (a function that starts a server), so a fully cached rerun never starts one."""
 
 from __future__ import annotations
 
