@@ -346,3 +346,17 @@ def test_a_gang_gets_a_network_policy_owned_by_its_job_and_deleted_with_it(api, 
     # single-pod stages have no gang to fence
     assert executor.run(stage_job("select", tmp_path, run_id="r2")).status == "succeeded"
     assert api.list("networkpolicies") == []
+
+
+def test_the_judge_key_reaches_the_created_job_as_a_secret_reference_only(api, executor, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("XWIN_JUDGE_API_KEY", "sk-canary-in-the-controller")  # the controller's own
+    result = executor.run(stage_job("eval", tmp_path))
+
+    assert result.status == "succeeded"
+    created = api.get("jobs", NS, job_name("r1", "eval", 1))
+    env = {e["name"]: e for e in created["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["XWIN_JUDGE_API_KEY"] == {"name": "XWIN_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "xwin-judge", "key": "api-key", "optional": True}}}
+    sent = yaml.safe_dump([api.get(kind, NS, job_name("r1", "eval", 1)) for kind in ("jobs", "configmaps")])
+    assert "sk-canary" not in sent

@@ -155,3 +155,55 @@ def test_sharded_samples_to_sharded_scores_to_select(tmp_path, tiny_rm_dir):
         assert pair.chosen_score == max(r.score for r in responses)
         assert pair.rejected_score == min(r.score for r in responses)
     assert json.loads((out / "stats.json").read_text())["dpo"]["pairs"] == 3
+
+
+@pytest.fixture(scope="module")
+def diverged_rm_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A reward model whose value head holds NaN, as a diverged training run leaves it."""
+    out = tmp_path_factory.mktemp("diverged-rm")
+    model = RewardModel.from_language_model(tiny_model_dir)
+    with torch.no_grad():
+        model.value_head.weight.fill_(float("nan"))
+    model.save(out, load_tokenizer(tiny_model_dir))
+    return out
+
+
+def test_a_diverged_reward_model_fails_the_stage_naming_the_count_and_first_record(tmp_path, diverged_rm_dir):
+    from xwin.core.errors import UserError
+    from xwin.data.io import read_records as read
+
+    samples = write_jsonl(tmp_path / "samples.jsonl", samples_rows())
+    spec = write_spec(tmp_path, "score", {"reward_model": str(diverged_rm_dir), "samples": str(samples)},
+                      {"dtype": "float32", "batch_size": 2, "chunk_contexts": 2})
+    with pytest.raises(UserError, match=r"5 of 5 scores in this chunk of 2 contexts are not finite "
+                                        r"\(NaN/Inf\); first: record 'capital', response 0 scored nan"):
+        run_stage("score", spec)
+    from xwin.artifacts.config import StoreConfig
+    from xwin.artifacts.factory import open_store
+
+    assert not open_store(StoreConfig(kind="local", root=tmp_path / "store")).exists("runs/test/score")
+    partial = tmp_path / "work" / "test" / "score" / PARTIAL_FILE
+    assert not partial.exists() or "null" not in partial.read_text()
+    assert not partial.exists() or list(read(partial, MultiwiseRecord)) == []
+
+
+def test_score_sequences_names_every_non_finite_reward_in_input_order():
+    from xwin.models.scoring import NonFiniteRewards
+
+    class Diverges(torch.nn.Module):
+        """Reward = first token id, except token 7 (inf) and 9 (nan): a head gone bad on some inputs."""
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):
+            first = input_ids[:, 0].float()
+            return torch.where(first == 7, torch.inf, torch.where(first == 9, torch.nan, first))
+
+    sequences = [[1, 2], [7], [3, 3, 3], [9, 1], [4]]
+    with pytest.raises(NonFiniteRewards) as info:
+        score_sequences(Diverges(), sequences, batch_size=2, progress=False)
+    assert (info.value.indices, info.value.total) == ([1, 3], 5)
+    assert info.value.values[0] == float("inf")
+    assert score_sequences(Diverges(), [[1], [3, 3]], batch_size=2, progress=False) == [1.0, 3.0]

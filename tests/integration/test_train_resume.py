@@ -1,6 +1,7 @@
 """Checkpoint and resume: a run SIGKILLed after a checkpoint and started again with the same spec
-continues from the committed checkpoint (same step, data position, optimizer and LR state) and
-ends exactly where an uninterrupted run ends."""
+(the next attempt, which writes its own checkpoints) continues from the committed checkpoint
+(same step, data position, optimizer and LR state) and ends exactly where an uninterrupted run
+ends."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_a_killed_run_resumes_and_reaches_the_uninterrupted_final_loss(tmp_path,
     pointer = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        raw = artifacts.get_record("runs/killed/sft.ckpt/latest")
+        raw = artifacts.get_record("runs/killed/sft.ckpt/attempt-killed-1/latest")
         if raw and json.loads(raw).get("tag"):
             pointer = json.loads(raw)
             break
@@ -51,7 +52,7 @@ def test_a_killed_run_resumes_and_reaches_the_uninterrupted_final_loss(tmp_path,
     assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
     assert not artifacts.exists("runs/killed/sft")  # it really was cut short
 
-    run_workers("sft", killed)  # the same spec again
+    run_workers("sft", killed, attempt=2)  # the same spec again, as the controller's retry
     folder, metrics = committed(tmp_path, "runs/killed/sft")
     resumed_at = metrics["resumed_from_step"]
     assert resumed_at >= pointer["step"] >= 4 and resumed_at % 4 == 0 and resumed_at < 16

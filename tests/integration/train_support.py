@@ -81,13 +81,15 @@ def process_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def start_workers(stage: str, spec: Path, nproc: int = 2, log_dir: Path | None = None) -> list[subprocess.Popen]:
-    """nproc worker processes, as the local executor starts them."""
+def start_workers(stage: str, spec: Path, nproc: int = 2, log_dir: Path | None = None,
+                  attempt: int = 1) -> list[subprocess.Popen]:
+    """nproc worker processes of attempt `attempt`, as the local executor starts them."""
     port = str(free_port())
     procs = []
     for rank in range(nproc):
         env = process_env({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                    "XWIN_STAGE_ATTEMPT": str(attempt)})
         with open((log_dir or spec.parent) / f"{spec.stem}-rank{rank}.log", "w") as log:  # the child keeps its copy
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "xwin.cli", "stage", stage, "--config", str(spec)],
@@ -103,8 +105,8 @@ def wait_all(procs: list[subprocess.Popen], spec: Path, timeout: float = 600) ->
         raise AssertionError(f"stage failed: exit codes {[p.returncode for p in procs]}\n{logs}")
 
 
-def run_workers(stage: str, spec: Path, nproc: int = 2) -> None:
-    wait_all(start_workers(stage, spec, nproc), spec)
+def run_workers(stage: str, spec: Path, nproc: int = 2, attempt: int = 1) -> None:
+    wait_all(start_workers(stage, spec, nproc, attempt=attempt), spec)
 
 
 def run_indexed_job_pod(stage: str, spec: Path, nproc_per_node: int = 2, timeout: float = 600) -> str:

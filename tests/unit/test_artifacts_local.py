@@ -4,6 +4,7 @@ crashes mid-commit leave nothing a reader could trust, and damaged files are cau
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import stat
@@ -137,6 +138,7 @@ def test_recommit_gives_a_new_commit_and_collects_the_old_files(store, tmp_path)
         "k", make_folder(tmp_path / "v1", {"a": b"one", "old": b"x"}), producer="t"
     )
     old_folder = store.fetch("k")
+    store.release(old_folder)  # done reading it (a held folder is kept: see the reader tests)
     second = store.commit("k", make_folder(tmp_path / "v2", {"a": b"two"}), producer="t")
 
     assert second.commit_id != first.commit_id
@@ -147,6 +149,72 @@ def test_recommit_gives_a_new_commit_and_collects_the_old_files(store, tmp_path)
     assert [p.name for p in (store.root / ".staging").iterdir()] == []  # trash emptied
 
 
+_READ_SLOWLY = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from xwin.artifacts.config import StoreConfig
+    from xwin.artifacts.local import LocalStore
+
+    root, key, ready, go = sys.argv[1:5]
+    folder = LocalStore(StoreConfig(kind="local", root=root)).fetch(key)
+    handle = open(folder / "model.bin", "rb")  # a reader mid-file when the key is re-committed
+    head = handle.read(10)
+    Path(ready).write_text(str(folder))
+    while not Path(go).exists():
+        time.sleep(0.02)
+    # the rest of the open file, and a file opened by path only now, are the old commit's
+    print(json.dumps([len(head + handle.read()), (folder / "config.json").read_text(),
+                      sorted(p.name for p in folder.iterdir())]))
+    """
+)
+
+
+def test_a_recommit_never_moves_or_deletes_the_folder_a_reader_process_holds(store, tmp_path):
+    old_model = os.urandom(200_000)
+    store.commit("k", make_folder(tmp_path / "v1", {"model.bin": old_model, "config.json": b"v1"}),
+                 producer="t")
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    reader = subprocess.Popen([sys.executable, "-c", _READ_SLOWLY, str(store.root), "k", str(ready), str(go)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and reader.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ready.exists(), reader.communicate()
+    held = Path(ready.read_text())
+
+    store.commit("k", make_folder(tmp_path / "v2", {"model.bin": b"new", "config.json": b"v2"}),
+                 producer="t")
+    store.commit("k", make_folder(tmp_path / "v3", {"model.bin": b"newer", "config.json": b"v3"}),
+                 producer="t")
+    newest = store.fetch("k")
+    assert read_folder(newest) == {"model.bin": b"newer", "config.json": b"v3"}
+    store.release(newest)
+    assert held.is_dir() and (held / "config.json").read_bytes() == b"v1"  # still where it was
+    go.touch()
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert json.loads(out) == [len(old_model), "v1", ["config.json", "model.bin"]]
+
+    # the reader is gone: the next commit collects its folder, and the unheld v2 went at once
+    current = store.commit("k", make_folder(tmp_path / "v4", {"model.bin": b"4"}), producer="t")
+    assert not held.exists()
+    assert [d.name for d in (store.root / "k" / ".commits").iterdir()] == [current.commit_id]
+
+
+def test_delete_keeps_a_held_folder_until_its_reader_releases_it(store, tmp_path):
+    store.commit("k", make_folder(tmp_path / "v1", {"a": b"one"}), producer="t")
+    reader = LocalStore(StoreConfig(kind="local", root=store.root))  # another reader's handle
+    held = reader.fetch("k")
+    store.delete("k")
+    assert not store.exists("k") and store.list() == []
+    assert (held / "a").read_bytes() == b"one"
+    reader.release(held)
+    store.commit("k", make_folder(tmp_path / "v2", {"a": b"two"}), producer="t")
+    assert not held.exists()
+    assert read_folder(store.fetch("k")) == {"a": b"two"}
+
+
 def test_delete_removes_the_artifact_but_not_keys_nested_under_it(store, tmp_path):
     src = make_folder(tmp_path / "out", {"f": b"x"})
     store.commit("a", src, producer="t")
@@ -154,7 +222,9 @@ def test_delete_removes_the_artifact_but_not_keys_nested_under_it(store, tmp_pat
     store.delete("a")
     assert not store.exists("a")
     assert store.list() == ["a/b"]
-    assert read_folder(store.fetch("a/b")) == {"f": b"x"}
+    nested = store.fetch("a/b")
+    assert read_folder(nested) == {"f": b"x"}
+    store.release(nested)  # done reading: delete may take its files too
     with pytest.raises(ArtifactNotFound, match="'a'"):
         store.fetch("a")
     store.delete("a/b")

@@ -75,7 +75,7 @@ def test_a_checkpoint_in_the_old_pickled_rng_format_starts_afresh_without_loadin
     folder.mkdir()
     torch.save({"python": Payload(marker)}, folder / "rng_state_rank0.pt")
     checkpoints = Checkpoints(store, "runs/r/sft", tmp_path / "work" / "checkpoints", PLACE, "sft")
-    store.commit("runs/r/sft.ckpt/step-00000004/node-0", folder, producer="sft")
+    store.commit(f"{checkpoints.prefix}/step-00000004/node-0", folder, producer="sft")
     store.put_record(checkpoints.pointer_key,
                      json.dumps({"tag": "step-00000004", "step": 4, "nodes": 1, "world_size": 1}).encode())
 
@@ -92,7 +92,7 @@ def test_a_current_checkpoint_whose_rng_file_was_replaced_by_a_pickle_is_refused
     (folder / "metrics.jsonl").write_text("")
     rng_file(folder, 0).write_bytes(pickle.dumps(Payload(marker)))
     checkpoints = Checkpoints(store, "runs/r/sft", tmp_path / "work" / "checkpoints", PLACE, "sft")
-    store.commit("runs/r/sft.ckpt/step-00000004/node-0", folder, producer="sft")
+    store.commit(f"{checkpoints.prefix}/step-00000004/node-0", folder, producer="sft")
     store.put_record(checkpoints.pointer_key, json.dumps(
         {"tag": "step-00000004", "step": 4, "nodes": 1, "world_size": 1, "rng": RNG_FORMAT}).encode())
 

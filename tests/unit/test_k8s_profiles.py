@@ -60,3 +60,27 @@ def test_a_stray_profile_file_is_an_error(tmp_path):
 def test_fields_that_do_not_fit_the_kind_are_refused(stage, fields, message):
     with pytest.raises(ConfigError, match=message):
         load_profiles(JOBS, {stage: fields})
+
+
+@pytest.mark.parametrize("name", ["XWIN_JUDGE_API_KEY", "HF_TOKEN", "WANDB_SECRET", "DB_PASSWORD_FILE",
+                                  "openai_api_key"])
+def test_a_literal_value_for_a_secret_looking_variable_is_refused_naming_file_and_field(tmp_path, name):
+    (tmp_path / "eval.yaml").write_text(f"env:\n  {name}: sk-live-123\n")
+    with pytest.raises(ConfigError, match=rf"eval.yaml \[eval\]: env\.{name}: .*secret_env\.{name}"):
+        load_profiles(tmp_path)
+    with pytest.raises(ConfigError, match=rf"executor.profiles.eval \[eval\]: env\.{name}"):
+        load_profiles(JOBS, {"eval": {"env": {name: "sk-live-123"}}})
+
+
+def test_ordinary_variables_stay_literal_and_secrets_are_references(tmp_path):
+    profiles = load_profiles(JOBS, {"eval": {"env": {"KEYBOARD": "us", "MAX_TOKENS": "8"},
+                                             "secret_env": {"HF_TOKEN": {"secret": "hf", "key": "token"}}}})
+    assert profiles["eval"].env["MAX_TOKENS"] == "8"
+    assert profiles["eval"].secret_env["HF_TOKEN"].model_dump() == {"secret": "hf", "key": "token",
+                                                                    "optional": False}
+    # the repository's judge stages read the judge key from the Secret xwin-judge when it exists
+    for stage in ("eval", "annotate"):
+        ref = load_profiles(JOBS)[stage].secret_env["XWIN_JUDGE_API_KEY"]
+        assert (ref.secret, ref.key, ref.optional) == ("xwin-judge", "api-key", True)
+    with pytest.raises(ConfigError, match=r"secret_env.HF_TOKEN.key"):
+        load_profiles(JOBS, {"eval": {"secret_env": {"HF_TOKEN": {"secret": "hf"}}}})

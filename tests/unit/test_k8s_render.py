@@ -262,3 +262,20 @@ def test_distinct_long_run_ids_get_distinct_names():
 def test_a_bad_toleration_names_the_stage_and_key():
     with pytest.raises(ConfigError, match=r"profile sft: .*unknown key\(s\) tolerationSecs"):
         render(stage_job("sft", tolerations=[{"key": "a", "tolerationSecs": 3}]))
+
+
+def test_a_profile_secret_env_is_a_secret_key_ref_and_its_value_is_nowhere_in_the_objects():
+    rendered = render(stage_job("eval", secret_env={
+        "XWIN_JUDGE_API_KEY": {"secret": "judge", "key": "api-key"},
+        "HF_TOKEN": {"secret": "hf", "key": "token", "optional": True}}))
+    env = env_of(rendered)
+    judge, hf = env["XWIN_JUDGE_API_KEY"], env["HF_TOKEN"]
+    assert judge.value is None and hf.value is None
+    ref = judge.value_from.secret_key_ref
+    assert (ref.name, ref.key, ref.optional) == ("judge", "api-key", None)
+    ref = hf.value_from.secret_key_ref
+    assert (ref.name, ref.key, ref.optional) == ("hf", "token", True)
+    for doc in rendered.to_dicts():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # the ConfigMap (the stage spec) carries the variable's name at most, never a value
+    assert "XWIN_JUDGE_API_KEY" not in rendered.config_map.data["spec.yaml"]

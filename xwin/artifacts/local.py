@@ -11,10 +11,17 @@ Layout under the store's root:
 A commit copies into .staging (same filesystem), renames the folder into .commits, then
 replaces MANIFEST.json (tmp + fsync + os.replace). A crash at any point leaves either the old
 manifest or the new one, each pointing at complete files.
+
+A committed folder is never moved or deleted under a reader. `fetch` hands out the commit
+folder itself, so the reader holds a shared flock on that folder for as long as it may read it
+(until `release`, `close`, or the process exits); a re-commit or delete collects an older commit
+only if it can take the exclusive lock at once, and leaves held ones for a later commit or
+delete of the key to collect. flock, not a marker file: the kernel drops a dead reader's lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -61,6 +68,10 @@ log = logging.getLogger(__name__)
 STALE_STAGING_S = 24 * 3600  # a staging folder this old belongs to a process that died
 _READ_ONLY = 0o444
 _FETCH_TRIES = 3  # a re-commit may collect the files of the manifest a reader just read
+# Commit folders this process reads -> the descriptor holding each one's shared lock. Kept per
+# process, not per store object: a folder stays held after the object that fetched it is gone
+# (`open_store(config).fetch(key)`), until release() or the process exits.
+_READING: dict[Path, int] = {}
 
 
 class LocalStore(ArtifactStore):
@@ -70,6 +81,40 @@ class LocalStore(ArtifactStore):
     def __init__(self, config: StoreConfig, *, verify_sha256: bool | None = None):
         self.root = Path(config.root).expanduser().absolute()
         self.verify_sha256 = verify_sha256_default() if verify_sha256 is None else verify_sha256
+        self._handed_out: set[Path] = set()
+
+    # -- readers' locks on commit folders
+    def release(self, folder: Path) -> None:
+        """Done reading a folder `fetch` returned: a later commit of its key may collect it."""
+        self._handed_out.discard(Path(folder))
+        fd = _READING.pop(Path(folder), None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release every folder this store object has handed out."""
+        for folder in list(self._handed_out):
+            self.release(folder)
+
+    def _hold(self, folder: Path) -> bool:
+        """Take a shared lock on a commit folder (True: newly taken, False: this process holds
+        it already), or raise FileNotFoundError if it is gone (a writer collected it between our
+        reading the manifest and locking it)."""
+        if folder in _READING:
+            return False
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            # the writer may have moved the folder to the trash while we waited for the lock
+            held, now = os.fstat(fd), os.stat(folder)
+            if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+                raise FileNotFoundError(2, "collected while being opened", str(folder))
+        except BaseException:
+            os.close(fd)
+            raise
+        _READING[folder] = fd
+        self._handed_out.add(folder)
+        return True
 
     # -- paths
     def _key_dir(self, key: str) -> Path:
@@ -161,8 +206,9 @@ class LocalStore(ArtifactStore):
         return current is not None and current.commit_id == commit_id
 
     def _collect_garbage(self, commits: Path, *, keep: str) -> list[Path]:
-        """Older commits of the key, moved out of the way; the commit stands even if this
-        fails (leftovers are only disk space, removed by the next commit of the key)."""
+        """Older commits of the key that no reader holds, moved out of the way; the commit
+        stands even if this fails (leftovers are only disk space, removed by the next commit of
+        the key)."""
         try:
             return self._move_to_trash([d for d in commits.iterdir() if d.name != keep])
         except OSError as e:
@@ -170,12 +216,22 @@ class LocalStore(ArtifactStore):
             return []
 
     def _move_to_trash(self, folders: list[Path]) -> list[Path]:
-        """Rename folders into staging (fast, under the lock); deleting them can wait."""
+        """Rename the folders no reader holds into staging (fast, under the store's lock);
+        deleting them can wait. A held folder stays where its reader finds it."""
         moved = []
         for folder in folders:
-            trash = self._staging / f"trash-{new_commit_id()}"
-            os.rename(folder, trash)
-            moved.append(trash)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("%s is being read; it is collected by a later commit", folder)
+                    continue
+                trash = self._staging / f"trash-{new_commit_id()}"
+                os.rename(folder, trash)
+                moved.append(trash)
+            finally:
+                os.close(fd)
         return moved
 
     def _remove_stale_staging(self) -> None:
@@ -192,7 +248,9 @@ class LocalStore(ArtifactStore):
         with self._locked():
             self._manifest_path(key).unlink(missing_ok=True)
             commits = self._key_dir(key) / COMMITS_DIR
-            garbage = self._move_to_trash([commits]) if commits.exists() else []
+            garbage = self._move_to_trash(sorted(commits.iterdir())) if commits.exists() else []
+            if commits.exists() and not any(commits.iterdir()):
+                commits.rmdir()  # else a reader holds a commit: the next commit/delete collects it
             # drop now-empty folders up to the root, keeping any that hold other keys
             folder = self._key_dir(key)
             while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
@@ -218,17 +276,28 @@ class LocalStore(ArtifactStore):
         return parse_manifest(data, str(path), key)
 
     def fetch(self, key: str, dest: Path | None = None) -> Path:
+        """The committed folder itself (dest None: read-only, held until release(folder),
+        close() or the process's exit), or a verified copy in dest."""
         for _ in range(_FETCH_TRIES):
             manifest = self.manifest(key)
             if manifest is None:
                 raise ArtifactNotFound(f"no committed artifact {key!r} in {self.root}")
             folder = self._commit_dir(key, manifest.commit_id)
+            newly_held = False
             try:
+                newly_held = self._hold(folder)  # no commit of the key collects it while we read
                 if dest is None:
                     verify_folder(folder, manifest, full=self.verify_sha256)
-                    return folder
-                return self._copy_out(folder, manifest, Path(dest))
+                    return folder  # held until release(folder), close() or exit
+                try:
+                    return self._copy_out(folder, manifest, Path(dest))
+                finally:
+                    if newly_held:  # a copy needs the folder no longer
+                        self.release(folder)
+                        newly_held = False
             except (ArtifactCorrupt, FileNotFoundError) as e:
+                if newly_held:
+                    self.release(folder)
                 current = self.manifest(key)
                 if current is None or current.commit_id == manifest.commit_id:
                     if isinstance(e, FileNotFoundError):

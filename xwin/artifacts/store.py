@@ -88,6 +88,10 @@ class ArtifactStore(ABC):
         (ArtifactCorrupt otherwise). dest=None: a cache folder chosen by the store (the local
         backend may return the committed folder itself). Raises ArtifactNotFound."""
 
+    def release(self, folder: Path) -> None:
+        """Done reading a folder `fetch(key)` returned: the local backend, which hands out the
+        committed folder itself, stops holding it from being collected. Others: nothing."""
+
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Keys of committed artifacts under prefix, sorted."""

@@ -1,11 +1,18 @@
 """Per-stage Job profiles: the stage table's kind and image, then jobs/<stage>.yaml, then the
 pipeline config's `executor.profiles` overrides. Both executors read them: the launch
 description takes nodes x nproc_per_node and shards from them, the Kubernetes executor also the
-pod's image, resources and scheduling."""
+pod's image, resources and scheduling.
+
+Secrets never appear in a profile: a variable whose name says it holds one (`*_KEY`, `*_TOKEN`,
+`*_SECRET`, `*PASSWORD*`) is refused as a literal `env` value and is given as `secret_env`, a
+reference to a key of a Kubernetes Secret that the pod reads through `secretKeyRef`. The local
+executor passes its own environment to the stage processes, so there the same variable comes
+from the environment the controller was started with."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +24,21 @@ from xwin.core.errors import ConfigError
 from xwin.stages.registry import STAGE_NAMES, stage_def
 
 log = logging.getLogger(__name__)
+
+
+# Names of variables that hold credentials: these never take a literal value in a profile.
+SECRET_LIKE_NAME = re.compile(r"(_KEY|_TOKEN|_SECRET)$|PASSWORD", re.IGNORECASE)
+
+
+class SecretEnv(StrictModel):
+    """One environment variable read from a key of a Kubernetes Secret (in the stage's
+    namespace), e.g. `XWIN_JUDGE_API_KEY: {secret: xwin-judge, key: api-key}`."""
+
+    secret: str = Field(min_length=1, description="name of the Secret in the stage's namespace")
+    key: str = Field(min_length=1, description="key inside the Secret")
+    optional: bool = Field(
+        False, description="start the pod even when the Secret or key is missing (the variable "
+        "is then unset); otherwise the pod waits in CreateContainerConfigError until it exists")
 
 
 class JobProfile(StrictModel):
@@ -36,7 +58,12 @@ class JobProfile(StrictModel):
     backoff_limit: int = Field(0, ge=0, description="pod retries inside the Job (the controller retries whole stages)")
     active_deadline_s: int | None = Field(None, ge=1)
     ttl_after_finished_s: int = 3600
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(
+        default_factory=dict, description="literal variables of every process; never a secret "
+        "(see secret_env)")
+    secret_env: dict[str, SecretEnv] = Field(
+        default_factory=dict, description="variables read from Kubernetes Secrets (valueFrom."
+        "secretKeyRef); the local executor takes them from its own environment")
     kind: Literal["train", "sharded", "single"] = "single"
 
 
@@ -90,6 +117,7 @@ def _validated(stage: str, fields: dict[str, Any], source: str) -> JobProfile:
         profile = JobProfile.model_validate(fields)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, f"{source} [{stage}]")) from e
+    _check_no_literal_secrets(stage, profile, source)
     if profile.kind != "train" and (profile.nodes > 1 or profile.nproc_per_node > 1):
         raise ConfigError(
             f"{source} [{stage}]: nodes/nproc_per_node apply to kind 'train' only "
@@ -106,3 +134,18 @@ def _validated(stage: str, fields: dict[str, Any], source: str) -> JobProfile:
             f"{profile.gpus}: one process per GPU"
         )
     return profile
+
+
+def _check_no_literal_secrets(stage: str, profile: JobProfile, source: str) -> None:
+    """A credential written into a profile would land in the Job spec, the rendered manifests
+    and every copy of the config; it must come from a Secret instead."""
+    for name in profile.env:
+        if SECRET_LIKE_NAME.search(name):
+            raise ConfigError(
+                f"{source} [{stage}]: env.{name}: a literal value for a variable that holds a "
+                f"secret; give it as secret_env.{name}: {{secret: SECRET_NAME, key: KEY}} (a "
+                "Kubernetes Secret) and, for the local executor, set it in the environment"
+            )
+        if name in profile.secret_env:
+            raise ConfigError(f"{source} [{stage}]: env.{name}: also set in secret_env; give "
+                              "it once")

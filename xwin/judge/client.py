@@ -1,14 +1,17 @@
 """A client for any OpenAI-compatible chat endpoint (vLLM, OpenAI, a proxy), built for judging:
 bounded concurrency, retries with backoff on 429/5xx/timeouts, and a persistent cache so that a
-rerun asks nothing twice. The endpoint may be given lazily (a function that starts a server),
-so a fully cached rerun never starts one."""
+rerun asks nothing twice. An API key (from the environment only) goes to https:// endpoints or
+to this machine; plain http elsewhere needs judge.allow_insecure_http. The endpoint may be given
+lazily (a function that starts a server), so a fully cached rerun never starts one."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from tenacity import (
 )
 from tqdm.auto import tqdm
 
-from xwin.core.errors import UserError
+from xwin.core.errors import ConfigError, UserError
 from xwin.judge.cache import ResponseCache, request_key
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,33 @@ def api_key_from_env(env_name: str | None) -> str | None:
     return os.environ.get(env_name) if env_name else None
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """Whether `host` names this machine (a loopback address or localhost) and traffic to it
+    never leaves the machine; a DNS name other than localhost may resolve anywhere."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(url: str, *, has_key: bool, allow_insecure_http: bool) -> None:
+    """Refuse to send an API key in clear text across the network: with a key, the endpoint
+    must be https://, or http:// to a loopback address, unless the config allows plain http."""
+    if not has_key or allow_insecure_http:
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            f"judge.base_url {parts.scheme}://{parts.netloc}: the API key would cross the network "
+            "unencrypted (plain http to a host other than this machine); use https://, or set "
+            "judge.allow_insecure_http: true to allow it"
+        )
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     try:
         return float(response.headers["retry-after"])
@@ -105,9 +135,14 @@ class JudgeClient:
         timeout_s: float = 300.0,
         temperature: float = 0.0,
         max_tokens: int = 1024,
+        allow_insecure_http: bool = False,
     ):
         """identity names the judge in cache keys (model name plus weights fingerprint for a
-        local server, so two different models both served as "judge" never share answers)."""
+        local server, so two different models both served as "judge" never share answers).
+        An API key goes only to https:// or loopback endpoints unless allow_insecure_http."""
+        self._allow_insecure_http = allow_insecure_http
+        if isinstance(base_url, str):  # a lazy endpoint is checked once it is known
+            check_key_transport(base_url, has_key=bool(api_key), allow_insecure_http=allow_insecure_http)
         self._base_url = base_url
         self.model = model
         self.identity = identity or model
@@ -132,6 +167,8 @@ class JudgeClient:
                 started = time.monotonic()
                 url = self._base_url() if callable(self._base_url) else self._base_url
                 self.connect_s = time.monotonic() - started
+                check_key_transport(url, has_key=bool(self._api_key),
+                                    allow_insecure_http=self._allow_insecure_http)
                 headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
                 self._http = httpx.Client(
                     base_url=url.rstrip("/"),

@@ -54,6 +54,10 @@ class JudgeConfig(StrictModel):
         "XWIN_JUDGE_API_KEY",
         description="name of the environment variable holding the API key (never the key itself)",
     )
+    allow_insecure_http: bool = Field(
+        False, description="send the API key to a plain http:// endpoint on another host (it "
+        "crosses the network unencrypted); off: such an endpoint is refused, only https:// and "
+        "loopback http:// (127.0.0.1, localhost) get the key")
     max_concurrency: int = Field(8, ge=1, description="requests in flight at once")
     max_attempts: int = Field(6, ge=1, description="tries per request on 429/5xx/timeouts")
     backoff_initial_s: float = Field(1.0, ge=0, description="first retry delay (exponential)")

@@ -86,6 +86,7 @@ def open_judge(
             max_concurrency=cfg.max_concurrency, max_attempts=cfg.max_attempts,
             backoff_initial_s=cfg.backoff_initial_s, backoff_max_s=cfg.backoff_max_s,
             timeout_s=cfg.timeout_s, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+            allow_insecure_http=cfg.allow_insecure_http,
         )
         stack.callback(client.close)
         yield client

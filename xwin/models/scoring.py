@@ -4,16 +4,33 @@ Sorting by length before batching means each batch pads only to its own longest 
 for 64 responses of very different lengths saves most of the padded compute; the scores are
 returned in input order regardless. Batches are right-padded and the attention mask is built
 from the true lengths (never from pad ids: SmolLM2's pad token is its end-of-turn token, which
-ends every scored sequence)."""
+ends every scored sequence).
+
+A diverged reward model (NaN or infinite weights, an overflow in half precision) gives rewards
+that are not numbers; ranking on them would pick responses at random, so they are an error
+(NonFiniteRewards), never a score.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from xwin.core.errors import UserError
 from xwin.data.dataset import pad_right
+
+
+class NonFiniteRewards(UserError):
+    """The model gave NaN/Inf rewards: `indices` of the sequences, in input order. A user error
+    (exit 2, never retried): the same weights give the same NaNs on every attempt."""
+
+    def __init__(self, indices: list[int], values: list[float], total: int):
+        self.indices, self.values, self.total = indices, values, total
+        super().__init__(f"reward model: {len(indices)} of {total} rewards are not finite (first: "
+                         f"sequence {indices[0]}, {values[0]}); the reward model has diverged")
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int, sort: bool = True) -> list[list[int]]:
@@ -34,7 +51,8 @@ def score_sequences(
     progress: bool = True,
 ) -> list[float]:
     """One reward per token sequence (context + reply, ending with the reply's end-of-turn
-    token), in input order. `reward_model(input_ids, attention_mask)` returns rewards [B]."""
+    token), in input order. `reward_model(input_ids, attention_mask)` returns rewards [B].
+    Raises NonFiniteRewards if any reward is NaN or infinite."""
     if not sequences:
         return []
     device = next(reward_model.parameters()).device
@@ -46,4 +64,6 @@ def score_sequences(
         rewards = reward_model(input_ids.to(device), attention_mask.to(device))
         for i, value in zip(batch, rewards.float().cpu().tolist()):
             scores[i] = float(value)
+    if bad := [i for i, value in enumerate(scores) if not math.isfinite(value)]:
+        raise NonFiniteRewards(bad, [scores[i] for i in bad], len(scores))
     return scores

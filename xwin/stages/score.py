@@ -69,7 +69,7 @@ def score_records(records: list[MultiwiseRecord], model, tokenizer, config: Scor
     """The records with every response scored; a response whose tokens cannot fit is left out,
     and each record's meta["scoring"] counts what was dropped or cut."""
     from xwin.data.dataset import pad_token_id
-    from xwin.models.scoring import score_sequences
+    from xwin.models.scoring import NonFiniteRewards, score_sequences
 
     sequences: list[list[int]] = []
     owners: list[tuple[int, int]] = []  # (record, response) of each sequence
@@ -83,8 +83,19 @@ def score_records(records: list[MultiwiseRecord], model, tokenizer, config: Scor
             counts[r_index]["context_truncated"] += int(sample.context_truncated)
             sequences.append(sample.input_ids)
             owners.append((r_index, k))
-    scores = score_sequences(model, sequences, batch_size=config.batch_size, pad_id=pad_token_id(tokenizer),
-                             sort_by_length=config.sort_by_length, progress=False)
+    try:
+        scores = score_sequences(model, sequences, batch_size=config.batch_size,
+                                 pad_id=pad_token_id(tokenizer), sort_by_length=config.sort_by_length,
+                                 progress=False)
+    except NonFiniteRewards as e:
+        record, k = owners[e.indices[0]]
+        raise UserError(
+            f"reward model: {len(e.indices)} of {e.total} scores in this chunk of {len(records)} "
+            f"contexts are not finite (NaN/Inf); first: record {records[record].id!r}, response "
+            f"{k} scored {e.values[0]}. The reward model has diverged (or overflows in dtype "
+            f"{config.dtype}): retrain it (lower learning rate, float32) or score in float32; "
+            "nothing was written"
+        ) from None
     kept: dict[tuple[int, int], float] = dict(zip(owners, scores))
     return [
         record.model_copy(update={

@@ -5,6 +5,7 @@ manifest's metrics, the output folder written atomically and committed once, fro
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from xwin.artifacts.stage_io import StageContext
 from xwin.core.digests import digest, fingerprint_path
 from xwin.core.errors import UserError
 from xwin.data.io import read_records
-from xwin.train.checkpoint import Checkpoints, gathered_state_dict
+from xwin.train.checkpoint import Checkpoints, attempt_name, gathered_state_dict
 from xwin.train.data import split_train_eval
 from xwin.train.launch import (
     ProcessPlace,
@@ -54,8 +55,12 @@ def run_distributed(ctx: StageContext,
 
 
 def checkpoints_for(ctx: StageContext, place: ProcessPlace) -> Checkpoints:
+    """This attempt's checkpoints: the controller's attempt number comes with the launch
+    (XWIN_STAGE_ATTEMPT, the same in every rank); a stage run by hand is attempt 1."""
+    attempt = os.environ.get("XWIN_STAGE_ATTEMPT", "1")
     return Checkpoints(ctx.store, ctx.output_key, ctx.workdir / "checkpoints", place,
-                       producer=f"{ctx.spec.stage}-checkpoint")
+                       producer=f"{ctx.spec.stage}-checkpoint",
+                       attempt=attempt_name(ctx.spec.run_id, int(attempt) if attempt.isdigit() else 1))
 
 
 def metrics_path(ctx: StageContext) -> Path:

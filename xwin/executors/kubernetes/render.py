@@ -51,7 +51,7 @@ from xwin.executors.kubernetes.naming import (
 )
 from xwin.executors.kubernetes.settings import KubernetesConfig
 from xwin.executors.launch import SPEC_PATH, Launch, stage_launch
-from xwin.executors.profiles import JobProfile
+from xwin.executors.profiles import JobProfile, SecretEnv
 
 SPEC_DIR = str(Path(SPEC_PATH).parent)
 DATA_DIR = "/var/lib/xwin"  # the writable emptyDir: workdir, home, caches
@@ -298,7 +298,9 @@ def _pod_failure_policy(profile: JobProfile) -> k8s.V1PodFailurePolicy:
 
 def _env(job: StageJob, launch: Launch, kube: KubernetesConfig, name: str, ns: str) -> list[k8s.V1EnvVar]:
     """The launch's literal environment, the pod's filesystem, pod 0's DNS name as the rendezvous,
-    the completion index through the downward API, and the store's credentials from a Secret."""
+    the completion index through the downward API, and credentials from Secrets: the store's,
+    and the profile's `secret_env` (e.g. the judge's API key). A secret's value never appears
+    in the rendered objects, only the Secret's name and key."""
     values = {**launch.env, **POD_FILESYSTEM_ENV}
     if launch.rendezvous:
         values.update(MASTER_ADDR=master_addr(name, ns), MASTER_PORT=str(kube.master_port))
@@ -315,7 +317,13 @@ def _env(job: StageJob, launch: Launch, kube: KubernetesConfig, name: str, ns: s
             )
             for var, key in kube.s3_secret_keys.items()
         ]
+    env += [_secret_env(var, ref) for var, ref in job.profile.secret_env.items()]
     return env
+
+
+def _secret_env(name: str, ref: SecretEnv) -> k8s.V1EnvVar:
+    return k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(
+        name=ref.secret, key=ref.key, optional=ref.optional or None)))
 
 
 def _completion_index_env(name: str) -> k8s.V1EnvVar:
