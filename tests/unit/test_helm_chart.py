@@ -77,6 +77,17 @@ def test_default_values_render_valid_locked_down_objects(helm, tmp_path):
     assert container["command"] == ["xwin", "run", "/etc/xwin/pipeline.yaml"]
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
     assert secrets == {"xwin-s3"}
+    # A replaced controller pod continues the release's run: the same run id, retries that a
+    # config error (exit 2) ends at once and a disruption (drain, eviction) does not use up.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["XWIN_RUN_ID"] == "demo"
+    assert job["spec"]["backoffLimit"] == 4
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "controller", "operator": "In",
+                                              "values": [2]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
 
     config = pipeline_of(objects, tmp_path)
     assert (config.store.kind, config.store.bucket) == ("s3", "xwin")
@@ -99,7 +110,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
                      "sample": {"shards": 4, "gpus": 1}},
         "minio": {"enabled": True},
         "kueue": {"queue": "gpu-queue", "priorityClass": "research"},
-        "controller": {"args": ["--until", "sft"],
+        "controller": {"args": ["--until", "sft"], "runId": "big-run-1", "backoffLimit": 2,
                        "workVolume": {"persistentVolumeClaim": {"claimName": "runs"}}},
     }
     objects = template(helm, "-f", values_file(tmp_path, values))
@@ -113,6 +124,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     assert init["command"][:3] == ["python", "-m", "xwin.artifacts.bucket"]
     assert "http://demo-xwin-minio.ml.svc:9000" in init["command"]
     assert pod["containers"][0]["args"] == ["--until", "sft"]
+    assert {"name": "XWIN_RUN_ID", "value": "big-run-1"} in pod["containers"][0]["env"]
     assert {"name": "work", "persistentVolumeClaim": {"claimName": "runs"}} in pod["volumes"]
 
     config = pipeline_of(objects, tmp_path)
@@ -147,6 +159,8 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     ({"profiles": {"sfft": {"nodes": 2}}}, "value must be one of 'prepare', 'sft'"),
     ({"replicas": 2}, "'replicas' not allowed"),
     ({"kueue": {"queue": "GPU Queue"}}, "/kueue/queue"),
+    ({"controller": {"runId": "my run"}}, "/controller/runId"),
+    ({"controller": {"backoffLimit": -1}}, "/controller/backoffLimit"),
     ({"pipeline": {"store": {"kind": "local"}}}, "pipeline.store is set by the chart"),
     ({"s3": {"existingSecret": ""}}, "s3.existingSecret: name the Secret"),
     ("pipeline:\n  sample:\n    n: 64\n", "pipeline.sample: a key reads as true/false"),
