@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from xwin.config import PipelineConfig
-from xwin.controller.pipeline import Controller, _Outage, new_record
+from xwin.controller.pipeline import Controller, OutageClock, new_record
 from xwin.controller.state import RunStore
 from xwin.core.errors import EXIT_DETACHED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 from xwin.executors.base import Executor, StageJob, StageResult
@@ -164,16 +164,16 @@ def test_an_unexpected_error_is_recorded_before_it_propagates(tmp_path):
 
 
 def test_outage_pauses_double_up_to_the_cap_until_patience_runs_out():
-    outage = _Outage(backoff_max_s=5, patience_s=3600)
+    outage = OutageClock(backoff_max_s=5, patience_s=3600)
     assert [outage.failed("S3 unreachable") for _ in range(6)] == [1, 2, 4, 5, 5, 5]
     since = outage.since
     assert outage.failed("S3 unreachable") == 5 and outage.since == since  # the same outage
     assert outage.failed("Kubernetes API unreachable") == 1  # another outage: a fresh clock
-    assert _Outage(backoff_max_s=5, patience_s=0).failed("S3 unreachable") is None
+    assert OutageClock(backoff_max_s=5, patience_s=0).failed("S3 unreachable") is None
 
 
 def test_an_outage_ends_once_the_backend_answered_after_a_pause():
-    outage = _Outage(backoff_max_s=10, patience_s=3600)
+    outage = OutageClock(backoff_max_s=10, patience_s=3600)
     assert outage.failed("S3 unreachable", answered_at=None) == 1
     outage.resumed()
     before = time.monotonic() - 1  # an answer from before the pause says nothing

@@ -13,8 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from xwin.artifacts.store import StoreUnavailable
-from xwin.controller.pipeline import Controller, RunBusy, lock_holder, new_record
+from xwin.artifacts.store import StoreUnavailable, StoreUnreachable
+from xwin.controller.pipeline import Controller, OutageClock, RunBusy, lock_holder, new_record
 from xwin.controller.progress import format_seconds, make_progress, stage_table
 from xwin.controller.state import RunRecord, RunStore, check_run_id
 from xwin.core.clock import utc_now
@@ -59,6 +59,24 @@ def open_runs(config) -> RunStore:
     store = open_store(config.store)
     store.check()
     return RunStore(store, Path(config.run.workdir))
+
+
+def open_runs_patiently(config) -> RunStore:
+    """open_runs, waiting out an unreachable store as a running controller does (capped
+    backoff, `run.outage_patience_s`): a controller pod replaced during an S3 outage waits for
+    S3 instead of failing at once and using up its Job's retries. A missing bucket or refused
+    credentials fail at once."""
+    clock = OutageClock(config.run.outage_backoff_max_s, config.run.outage_patience_s)
+    while True:
+        try:
+            return open_runs(config)
+        except StoreUnreachable as e:
+            pause = clock.failed("S3 unreachable")
+            if pause is None:
+                raise
+            console.print(f"[yellow]waiting:[/] {clock.what} since {clock.since}: {e}; trying again "
+                          f"in {pause:.0f}s")
+            time.sleep(pause)
 
 
 def runs_of_record(record: RunRecord) -> RunStore:
@@ -125,7 +143,7 @@ def run(config_path: Path | str, overrides: list[str] = (), force: set[str] = fr
     if run_id:
         check_run_id(run_id)
         config.run = config.run.model_copy(update={"id": run_id})
-    runs = open_runs(config)
+    runs = open_runs_patiently(config)
     existing = runs.find(run_id) if run_id else None
     if existing is not None:
         return _resume_existing(config, existing, runs, force)
@@ -138,6 +156,9 @@ def run(config_path: Path | str, overrides: list[str] = (), force: set[str] = fr
 
 def _resume_existing(config, record: RunRecord, runs: RunStore, force: set[str]) -> int:
     """`xwin run --run-id ID` of a run that exists: `xwin resume ID`, with its recorded config."""
+    if record.status == "cancelled":  # a controller pod replaced after `xwin cancel` stops here
+        raise UserError(f"run {record.run_id} was cancelled (`xwin cancel`); `xwin resume "
+                        f"{record.run_id}` continues it, another --run-id starts a new run")
     console.print(f"run [bold]{record.run_id}[/] exists ({record.status}); resuming it, as "
                   f"`xwin resume {record.run_id}` does")
     if config.model_dump(mode="json") != record.config:

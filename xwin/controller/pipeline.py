@@ -227,7 +227,7 @@ class Controller:
             self.record.status = "running"
             self.record.error = None
             self.record.waiting = None
-            outage = _Outage(self.config.run.outage_backoff_max_s, self.config.run.outage_patience_s)
+            outage = OutageClock(self.config.run.outage_backoff_max_s, self.config.run.outage_patience_s)
             while True:
                 self._kill_leftovers()
                 try:
@@ -310,7 +310,7 @@ class Controller:
             return "S3 unreachable" if self.config.store.kind == "s3" else "store unreachable"
         return self.executor.unreachable(error)
 
-    def _give_up(self, outage: _Outage, error: Exception) -> int:
+    def _give_up(self, outage: OutageClock, error: Exception) -> int:
         self.record.waiting = None
         for state in self.record.stages.values():
             if state.status == "running" and not self.executor.stages_outlive_controller:
@@ -522,7 +522,7 @@ class Controller:
             self.record.error = f"report failed: {e}"
 
 
-class _Outage:
+class OutageClock:
     """One outage's clock: capped exponential pauses (1 s, 2 s, 4 s ... up to `backoff_max_s`)
     until `patience_s` has passed since it began. Once the backend that failed has answered
     again after a pause, the outage is over: its next failure (a day later, in the same long
