@@ -37,7 +37,7 @@ class RunConfig(StrictModel):
     id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="a stable run id (`xwin run --run-id`, $XWIN_RUN_ID; the Helm chart sets it "
-        "from the release): when that run exists, `xwin run` resumes it instead of starting a "
+        "from the release and the config): when that run exists, `xwin run` resumes it instead of starting a "
         "new one, so a restarted controller adopts its running stages. None: `<name>-<UTC time>`")
     workdir: Path = Field(Path(".xwin"), description="local scratch, logs and run state")
     only: list[str] = Field(default_factory=list, description="run just these stages")
