@@ -34,6 +34,11 @@ __all__ = ["ConfigError", "PipelineConfig", "RunConfig", "ExecutorConfig", "load
 
 class RunConfig(StrictModel):
     name: str = Field("xwin", description="run name; runs are listed by it")
+    id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="a stable run id (`xwin run --run-id`, $XWIN_RUN_ID; the Helm chart sets it "
+        "from the release and the config): when that run exists, `xwin run` resumes it instead of starting a "
+        "new one, so a restarted controller adopts its running stages. None: `<name>-<UTC time>`")
     workdir: Path = Field(Path(".xwin"), description="local scratch, logs and run state")
     only: list[str] = Field(default_factory=list, description="run just these stages")
     start_from: str | None = Field(None, description="skip stages before this one (--from)")
@@ -49,6 +54,12 @@ class RunConfig(StrictModel):
     )
     max_attempts: int = Field(2, ge=1, description="attempts per stage for transient failures")
     retry_backoff_s: float = Field(5.0, ge=0)
+    outage_backoff_max_s: float = Field(
+        60.0, gt=0, description="while the store or the Kubernetes API is unreachable (beyond "
+        "its client's own retries) the controller waits, doubling the pause up to this")
+    outage_patience_s: float = Field(
+        600.0, ge=0, description="how long an outage may last before the controller gives up "
+        "(the record says why; `xwin resume` continues)")
 
 
 class ExecutorConfig(StrictModel):

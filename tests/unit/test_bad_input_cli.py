@@ -145,3 +145,20 @@ def test_an_infinite_number_in_the_environment_exits_2_too(pipeline):
     result = invoke(["run", str(pipeline), "--dry-run"], env={"XWIN_DPO__BETA": "inf"})
     assert result.exit_code == 2
     assert "dpo.beta: Input should be a finite number" in result.stderr
+
+
+@pytest.mark.parametrize("args, env", [
+    (["--run-id", "../etc"], {}),
+    ([], {"XWIN_RUN_ID": "my run"}),
+])
+def test_a_run_id_that_is_not_a_name_exits_2_before_anything_runs(pipeline, tmp_path, args, env):
+    result = invoke(["run", str(pipeline), *args], env=env)
+    assert result.exit_code == 2
+    assert "is not a run id (letters, digits, '.', '_' and '-'" in result.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "store").exists()
+
+
+def test_a_run_id_in_the_config_is_checked_naming_the_field(pipeline):
+    result = invoke(["run", str(pipeline), "--set", "run.id=a/b"])
+    assert result.exit_code == 2
+    assert "run.id: String should match pattern" in result.stderr

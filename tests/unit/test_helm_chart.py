@@ -57,6 +57,13 @@ def pipeline_of(objects: list[dict], tmp_path: Path):
     return load_config(path)
 
 
+def run_id_of(objects: list[dict]) -> str:
+    """The XWIN_RUN_ID the controller Job's container gets."""
+    job = next(o for o in objects if o["kind"] == "Job")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return next(e["value"] for e in env if e["name"] == "XWIN_RUN_ID")
+
+
 def test_helm_lint_passes_strict(helm):
     done = run_helm(helm, "lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in done.stdout
@@ -77,6 +84,20 @@ def test_default_values_render_valid_locked_down_objects(helm, tmp_path):
     assert container["command"] == ["xwin", "run", "/etc/xwin/pipeline.yaml"]
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
     assert secrets == {"xwin-s3"}
+    # A replaced controller pod continues the release's run: the same run id, retries that a
+    # config error (exit 2) ends at once and a disruption (drain, eviction) does not use up.
+    digest = job["spec"]["template"]["metadata"]["annotations"]["checksum/pipeline"]
+    assert run_id_of(objects) == f"demo-{digest[:8]}"
+    assert run_id_of(template(helm)) == run_id_of(objects)  # the same config: a restart continues
+    changed = run_id_of(template(helm, "--set", "pipeline.run.name=other"))
+    assert changed.startswith("demo-") and changed != run_id_of(objects)  # a new config: a new run
+    assert job["spec"]["backoffLimit"] == 4
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onExitCodes": {"containerName": "controller", "operator": "In",
+                                              "values": [2]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
 
     config = pipeline_of(objects, tmp_path)
     assert (config.store.kind, config.store.bucket) == ("s3", "xwin")
@@ -99,7 +120,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
                      "sample": {"shards": 4, "gpus": 1}},
         "minio": {"enabled": True},
         "kueue": {"queue": "gpu-queue", "priorityClass": "research"},
-        "controller": {"args": ["--until", "sft"],
+        "controller": {"args": ["--until", "sft"], "runId": "big-run-1", "backoffLimit": 2,
                        "workVolume": {"persistentVolumeClaim": {"claimName": "runs"}}},
     }
     objects = template(helm, "-f", values_file(tmp_path, values))
@@ -113,6 +134,7 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     assert init["command"][:3] == ["python", "-m", "xwin.artifacts.bucket"]
     assert "http://demo-xwin-minio.ml.svc:9000" in init["command"]
     assert pod["containers"][0]["args"] == ["--until", "sft"]
+    assert run_id_of(objects) == "big-run-1"
     assert {"name": "work", "persistentVolumeClaim": {"claimName": "runs"}} in pod["volumes"]
 
     config = pipeline_of(objects, tmp_path)
@@ -147,6 +169,8 @@ def test_minio_gpu_profiles_and_the_config_xwin_renders_from_them(helm, tmp_path
     ({"profiles": {"sfft": {"nodes": 2}}}, "value must be one of 'prepare', 'sft'"),
     ({"replicas": 2}, "'replicas' not allowed"),
     ({"kueue": {"queue": "GPU Queue"}}, "/kueue/queue"),
+    ({"controller": {"runId": "my run"}}, "/controller/runId"),
+    ({"controller": {"backoffLimit": -1}}, "/controller/backoffLimit"),
     ({"pipeline": {"store": {"kind": "local"}}}, "pipeline.store is set by the chart"),
     ({"s3": {"existingSecret": ""}}, "s3.existingSecret: name the Secret"),
     ("pipeline:\n  sample:\n    n: 64\n", "pipeline.sample: a key reads as true/false"),

@@ -32,7 +32,7 @@ from tenacity import (
     wait_random,
 )
 
-from xwin.artifacts.store import ArtifactError, StoreUnavailable
+from xwin.artifacts.store import ArtifactError, StoreUnavailable, StoreUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,13 @@ def store_error(
                 f"{CREDENTIAL_HINT}"
             )
         if is_transient(exc):
-            return StoreUnavailable(
+            return StoreUnreachable(
                 f"S3 {where} kept failing while {what} ({code}: {message}) after {attempts} "
                 "attempts"
             )
         return None
     if is_transient(exc):
-        return StoreUnavailable(
+        return StoreUnreachable(
             f"cannot reach S3 {where} while {what} ({error_code(exc)}) after {attempts} "
             "attempts; is the endpoint up and store.endpoint_url right?"
         )

@@ -35,6 +35,11 @@ class StoreUnavailable(ArtifactError):
     """The store cannot be used: missing bucket, bad credentials, unreachable endpoint."""
 
 
+class StoreUnreachable(StoreUnavailable):
+    """The endpoint did not answer, or kept failing, through every attempt: an outage that
+    may end by itself (unlike a missing bucket or refused credentials)."""
+
+
 class InvalidKey(ArtifactError, UserError):
     """A key that cannot name an artifact (empty segment, leading dot, odd characters)."""
 

@@ -1,7 +1,9 @@
 """`xwin run | resume | status | report | runs | cancel`: the controller's commands. Thin: they
 parse arguments and call `xwin.controller.api`. Exit codes: 0 done, 1 a stage failed after its
-retries, 2 bad config or data (nothing to retry), 3 the run is busy in another controller,
-130 interrupted (resumable)."""
+retries (or the store / cluster API stayed unreachable past `run.outage_patience_s`), 2 bad
+config or data (nothing to retry), 3 the run is busy in another controller, 75 detached
+(Kubernetes: SIGTERM/Ctrl-C left the stage Jobs running; resume adopts them), 130 interrupted
+(resumable)."""
 
 from __future__ import annotations
 
@@ -37,8 +39,13 @@ def register(app: typer.Typer) -> None:
         force: Annotated[list[str], typer.Option(
             help="rerun these stages (and what depends on them) even if cached")] = [],  # noqa: B006
         dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan (keys, what runs) and exit")] = False,
+        run_id: Annotated[str | None, typer.Option(
+            "--run-id", envvar="XWIN_RUN_ID",
+            help="a stable run id (default: run.id of the config, else <name>-<UTC time>); if "
+            "that run exists it is resumed, as `xwin resume ID` does")] = None,
     ) -> None:
-        """Run the pipeline: every stage whose output is not in the store yet."""
+        """Run the pipeline: every stage whose output is not in the store yet. With a run id
+        that names an existing run, resume that run instead (its running Jobs are adopted)."""
         from xwin.controller import api
         from xwin.core.errors import UserError
 
@@ -53,7 +60,7 @@ def register(app: typer.Typer) -> None:
             if dry_run:
                 api.print_plan(config, overrides, set(_names(force)))
                 return
-            code = api.run(config, overrides, force=set(_names(force)))
+            code = api.run(config, overrides, force=set(_names(force)), run_id=run_id)
         except UserError as e:
             _fail(str(e))
         raise typer.Exit(code)
@@ -126,7 +133,8 @@ def register(app: typer.Typer) -> None:
         workdir: Annotated[Path, typer.Option(help=WORKDIR_HELP)] = Path(".xwin"),
         config: Annotated[Path | None, typer.Option(help=CONFIG_HELP)] = None,
     ) -> None:
-        """Stop a run: its controller stops the running stage; the run stays resumable."""
+        """Stop a run: delete its stage Jobs (Kubernetes) or processes (local); the only command
+        that deletes Jobs. Finished stages stay in the store for a later run to reuse."""
         from xwin.controller import api
         from xwin.core.errors import UserError
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from xwin.controller.pipeline import Controller, RunBusy, lock_holder, new_record
+from xwin.artifacts.store import StoreUnavailable, StoreUnreachable
+from xwin.controller.pipeline import Controller, OutageClock, RunBusy, lock_holder, new_record
 from xwin.controller.progress import format_seconds, make_progress, stage_table
-from xwin.controller.state import RunRecord, RunStore
+from xwin.controller.state import RunRecord, RunStore, check_run_id
 from xwin.core.clock import utc_now
 from xwin.core.errors import EXIT_BUSY, UserError
 
@@ -60,6 +61,24 @@ def open_runs(config) -> RunStore:
     return RunStore(store, Path(config.run.workdir))
 
 
+def open_runs_patiently(config) -> RunStore:
+    """open_runs, waiting out an unreachable store as a running controller does (capped
+    backoff, `run.outage_patience_s`): a controller pod replaced during an S3 outage waits for
+    S3 instead of failing at once and using up its Job's retries. A missing bucket or refused
+    credentials fail at once."""
+    clock = OutageClock(config.run.outage_backoff_max_s, config.run.outage_patience_s)
+    while True:
+        try:
+            return open_runs(config)
+        except StoreUnreachable as e:
+            pause = clock.failed("S3 unreachable")
+            if pause is None:
+                raise
+            console.print(f"[yellow]waiting:[/] {clock.what} since {clock.since}: {e}; trying again "
+                          f"in {pause:.0f}s")
+            time.sleep(pause)
+
+
 def runs_of_record(record: RunRecord) -> RunStore:
     """The run's store from its record alone: no PipelineConfig, so no stage module (and no
     torch) is imported just to look at a run."""
@@ -89,6 +108,11 @@ def find_run(run_id: str, workdir: Path, config_path: Path | None) -> tuple[RunS
                             "to look in the config's store)")
         mirror = RunRecord.model_validate_json(state.read_bytes())
         runs = runs_of_record(mirror)
+        try:
+            return runs, runs.load(run_id)
+        except StoreUnavailable as e:  # an outage: the mirror says what the controller waits for
+            console.print(f"[yellow]the store is unreachable ({e}); showing the local copy[/]")
+            return runs, mirror
     if run_id == "latest":
         run_id = runs.latest()
     return runs, runs.load(run_id)
@@ -106,17 +130,46 @@ def _execute(config, record: RunRecord, runs: RunStore, force: set[str] = frozen
     return code
 
 
-def run(config_path: Path | str, overrides: list[str] = (), force: set[str] = frozenset()) -> int:
-    """`xwin run CONFIG`: a new run of the pipeline; returns the exit code."""
+def run(config_path: Path | str, overrides: list[str] = (), force: set[str] = frozenset(),
+        run_id: str | None = None) -> int:
+    """`xwin run CONFIG`: a new run of the pipeline, or, with a stable run id (`run_id`, else
+    `run.id` of the config) that names an existing run, that run resumed: a controller pod
+    restarted by its Job continues its run and adopts its running stage Jobs. Returns the exit
+    code."""
     from xwin.config import load_config
 
     config = absolute_paths(load_config(config_path, overrides))
-    runs = open_runs(config)
+    run_id = run_id or config.run.id
+    if run_id:
+        check_run_id(run_id)
+        config.run = config.run.model_copy(update={"id": run_id})
+    runs = open_runs_patiently(config)
+    existing = runs.find(run_id) if run_id else None
+    if existing is not None:
+        return _resume_existing(config, existing, runs, force)
     plan_for(config, runs.store, force)  # a plan that cannot work fails before a run exists
-    record = new_record(config, runs)
+    record = new_record(config, runs, run_id)
     console.print(f"run [bold]{record.run_id}[/] (workdir {config.run.workdir}, store "
                   f"{config.store.root if config.store.kind == 'local' else config.store.bucket})")
     return _execute(config, record, runs, force)
+
+
+def _resume_existing(config, record: RunRecord, runs: RunStore, force: set[str]) -> int:
+    """`xwin run --run-id ID` of a run that exists: `xwin resume ID`, with its recorded config."""
+    if record.status == "cancelled":  # a controller pod replaced after `xwin cancel` stops here
+        raise UserError(f"run {record.run_id} was cancelled (`xwin cancel`); `xwin resume "
+                        f"{record.run_id}` continues it, another --run-id starts a new run")
+    console.print(f"run [bold]{record.run_id}[/] exists ({record.status}); resuming it, as "
+                  f"`xwin resume {record.run_id}` does")
+    if config.model_dump(mode="json") != record.config:
+        console.print("[yellow]note:[/] the config differs from the one the run was started with; "
+                      "the run continues with its recorded config (a new --run-id starts a run "
+                      "with this one, reusing the finished stages whose keys still match)")
+    if force:
+        console.print("[yellow]note:[/] --force is ignored when resuming a run")
+    if record.status == "succeeded":
+        console.print(f"run {record.run_id} already succeeded; checking its outputs are still there")
+    return _execute(config_from_record(record), record, runs)
 
 
 def resume(run_id: str, workdir: Path, config_path: Path | None = None) -> int:
@@ -140,6 +193,8 @@ def summarize(record: RunRecord) -> None:
     elif record.status == "interrupted":
         console.print(f"[magenta]run {record.run_id} interrupted[/]; continue with "
                       f"`xwin resume {record.run_id}`")
+    elif record.status == "detached":
+        console.print(f"[magenta]run {record.run_id} detached[/]: {record.error}")
     else:
         console.print(f"[red]run {record.run_id} {record.status}[/]: {record.error or ''}\n"
                       f"fix the cause, then `xwin resume {record.run_id}`; after a config "
@@ -158,6 +213,16 @@ def show_status(run_id: str, workdir: Path, config_path: Path | None, as_json: b
     for stage in record.stages.values():
         if stage.error and stage.status == "failed":
             console.print(f"[red]{stage.name}:[/] {stage.error}")
+    if record.status == "running" and record.waiting:
+        console.print(f"[yellow]waiting:[/] {record.waiting}")
+    elif record.status == "detached":
+        running = [s.name for s in record.stages.values() if s.status == "detached"]
+        console.print("[magenta]detached[/]: no controller is watching"
+                      + (f"; stage Jobs of {', '.join(running)} are still running" if running else "")
+                      + f"; `xwin resume {record.run_id}` (or `xwin run CONFIG --run-id "
+                      f"{record.run_id}`) adopts them, `xwin cancel {record.run_id}` deletes them")
+    elif record.status in ("failed", "interrupted", "cancelled") and record.error:
+        console.print(f"{record.status}: {record.error}")
     if record.report:
         console.print(f"report: {record.report}")
     return 0
@@ -197,40 +262,47 @@ def list_runs(workdir: Path, config_path: Path | None = None) -> None:
 
 
 def cancel(run_id: str, workdir: Path, config_path: Path | None = None) -> None:
-    """Signal the run's controller (it stops its stage and saves the record); with no live
-    controller, stop leftover stage processes and mark the run cancelled."""
+    """Stop a run for good; the only command that deletes stage Jobs. A live controller on this
+    machine is signalled first (it stops its local stage processes, or detaches from its Jobs);
+    then the run is marked cancelled in the store and its leftover processes or Jobs go. A
+    controller elsewhere (a pod) sees the mark and starts no new attempt when its Job is gone."""
     runs, record = find_run(run_id, workdir, config_path)
     run_dir = runs.run_dir(record.run_id)
     pid = lock_holder(run_dir)
+    local = record.config["executor"]["kind"] == "local"
     if pid and pid > 0 and record.controller.get("host") == socket.gethostname():
         os.kill(pid, signal.SIGTERM)
         console.print(f"asked controller {pid} to stop run {record.run_id}")
         deadline = time.monotonic() + 60
         while lock_holder(run_dir) is not None and time.monotonic() < deadline:
             time.sleep(0.2)
-        if lock_holder(run_dir) is None:
-            console.print(f"run {record.run_id} stopped; `xwin resume {record.run_id}` continues it")
-        else:
+        if lock_holder(run_dir) is not None:
             console.print(f"[yellow]controller {pid} is still stopping[/]")
-        return
-    if record.config["executor"]["kind"] == "local":
-        from xwin.executors.local import kill_leftovers
-
-        kill_leftovers([p for s in record.stages.values() for a in s.attempts
-                        if a.status == "running" for p in a.pids])
-    else:
-        from xwin.controller.jobs import make_executor
-
-        make_executor(config_from_record(record)).cancel(record.run_id)
+            return
+        if local:
+            console.print(f"run {record.run_id} stopped; `xwin resume {record.run_id}` continues it")
+            return
+        record = runs.load(record.run_id)  # as the detached controller left it
+    running = [p for s in record.stages.values() for a in s.attempts if a.status == "running"
+               for p in a.pids]
     for stage in record.stages.values():
-        if stage.status == "running":
+        if stage.status in ("running", "detached"):
             stage.status = "cancelled"
             for attempt in stage.attempts:
                 if attempt.status == "running":
                     attempt.status, attempt.ended_at, attempt.reason = "cancelled", utc_now(), "cancelled"
-    if record.status == "running":
+    if record.status in ("running", "detached"):
         record.status = "cancelled"
-    runs.save(record)
+        record.error = "cancelled by `xwin cancel`"
+    runs.save(record)  # before the Jobs go: a controller that sees its Job deleted reads this
+    if local:
+        from xwin.executors.local import kill_leftovers
+
+        kill_leftovers(running)
+    else:
+        from xwin.controller.jobs import make_executor
+
+        make_executor(config_from_record(record)).cancel(record.run_id)
     console.print(f"run {record.run_id} cancelled")
 
 

@@ -5,6 +5,21 @@ Resumable by construction: every finished stage is a committed artifact under a 
 key, and the record is rewritten at every transition. `xwin resume RUN` re-plans from the record's
 config, finds the finished stages in the store, and runs the rest; the unfinished stage restarts
 in the same workdir (`<workdir>/work/<run>/<stage>`), where it finds its own checkpoints.
+
+The record in the store is the controller's whole state: a restarted controller pod (fresh
+emptyDir) resumes from it alone and adopts the stage Jobs still running instead of creating
+second ones. How the controller stops depends on whether its stages outlive it:
+
+- Kubernetes: SIGTERM / SIGINT (a node drain, an eviction, `helm upgrade`, Ctrl-C) *detach*:
+  the controller stops watching, records the run and the running stage as "detached" and exits
+  with EXIT_DETACHED; the Jobs run on. Only `xwin cancel` deletes Jobs.
+- local: the stage processes are the controller's children, so a signal stops them and the
+  run is "interrupted".
+
+An outage of the store or the Kubernetes API (beyond the clients' own retries) makes the
+controller wait with capped exponential backoff (`run.outage_backoff_max_s`), the record saying
+why ("waiting: S3 unreachable since ..."), for up to `run.outage_patience_s`; then it fails
+saying so. Any other unexpected error is recorded before it propagates.
 """
 
 from __future__ import annotations
@@ -22,20 +37,32 @@ from pathlib import Path
 from typing import Any
 
 from xwin.artifacts.stage_io import part_key
+from xwin.artifacts.store import StoreUnavailable
 from xwin.controller.graph import Plan, PlannedStage, is_committed, make_plan
 from xwin.controller.jobs import make_executor, profiles_for, sharded_counts, stage_job
 from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, controller_identity, new_run_id
 from xwin.core.clock import utc_now
-from xwin.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, UserError
+from xwin.core.errors import (
+    EXIT_DETACHED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    UserError,
+)
 from xwin.executors.base import Executor, StageJob, StageResult
 from xwin.executors.profiles import JobProfile
 
 log = logging.getLogger(__name__)
 
 
-
 class RunBusy(UserError):
     """Another controller process is running this run."""
+
+
+class Detached(BaseException):  # noqa: N818 (not an error: how a signal ends the watch)
+    """Raised by the signal handler to stop watching a stage Job at once (a watch can block for
+    a minute); a BaseException so that no retry loop on the way up takes it for a failure."""
 
 
 def timing_record_key(stage_key: str) -> str:
@@ -82,9 +109,10 @@ def lock_holder(run_dir: Path) -> int | None:
     return None
 
 
-def new_record(config, runs: RunStore) -> RunRecord:
+def new_record(config, runs: RunStore, run_id: str | None = None) -> RunRecord:
+    """A new run's record: `run_id` (a stable id, `xwin run --run-id`) or `<name>-<UTC time>`."""
     now = utc_now()
-    run_id = new_run_id(config.run.name, runs.exists)
+    run_id = run_id or new_run_id(config.run.name, runs.exists)
     return RunRecord(
         run_id=run_id, name=config.run.name, created_at=now, updated_at=now,
         config=config.model_dump(mode="json"), workdir=str(runs.workdir),
@@ -108,27 +136,39 @@ class Controller:
                                                   on_queue=self._on_queue)
         self.profiles = profiles_for(config)
         self.interrupted = False
+        self.detaching = False  # a signal asked to detach from the stage Jobs (Kubernetes)
+        self._following = False  # inside the executor, following a stage: detach raises there
+        self._store_answered: float | None = None  # when a record write last reached the store
         self.run_dir = runs.run_dir(record.run_id)
 
     # -- bookkeeping
-    def _save(self) -> None:
-        self.runs.save(self.record)
+    def _save(self, best_effort: bool = False) -> None:
+        """The record, to the store and the local mirror. `best_effort`: while the store is
+        unreachable, the mirror alone (a progress note must not stop a running stage)."""
+        try:
+            self.runs.save(self.record)
+            self._store_answered = time.monotonic()
+        except StoreUnavailable as e:
+            if not best_effort:
+                raise
+            log.warning("run record kept locally only: %s", e)
+            self.runs.save(self.record, local_only=True)
         self.progress(self.record)
 
     def _on_spawn(self, job: StageJob, pids: list[int]) -> None:
         attempt = self.record.stages[job.stage].attempts[-1]
         attempt.pids = pids
-        self._save()
+        self._save(best_effort=True)
 
     def _on_problem(self, job: StageJob, reason: str) -> None:
         """A running stage's trouble (unschedulable pod, image pull): shown by `xwin status`."""
         self.record.stages[job.stage].attempts[-1].reason = reason
-        self._save()
+        self._save(best_effort=True)
 
     def _on_queue(self, job: StageJob, state: str) -> None:
         """A running stage's Kueue state (pending quota, admitted, preempted): `xwin status`."""
         self.record.stages[job.stage].attempts[-1].queue = state
-        self._save()
+        self._save(best_effort=True)
 
     def plan(self) -> Plan:
         return make_plan(self.config, self.store, shards=sharded_counts(self.profiles), force=self.force)
@@ -180,38 +220,118 @@ class Controller:
 
     # -- running
     def execute(self) -> int:
-        """Run every pending stage; the exit code says how the run ended."""
+        """Run every pending stage; the exit code says how the run ended. Outages are waited
+        out (see the module docstring); any other error is recorded, then propagates."""
         with run_lock(self.run_dir), self._signals():
             self.record.controller = controller_identity()
             self.record.status = "running"
             self.record.error = None
-            self._kill_leftovers()
-            try:
-                plan = self.plan()
-            except UserError as e:
-                return self._finish("failed", EXIT_USER_ERROR, str(e))
-            self._merge_plan(plan)
-            self._save()
-            self.runs.add_to_index(self.record)
-            for planned in plan.to_run():
-                if self.interrupted:
-                    break
-                code = self._run_stage(planned)
-                if code != EXIT_OK:
-                    return code
-            if self.interrupted:
-                return self._finish("interrupted", EXIT_INTERRUPTED, "interrupted; resumable")
-            self.record.status = "succeeded"
-            self.record.ended_at = utc_now()
-            self._write_report()
-            return self._finish("succeeded", EXIT_OK, self.record.error)
+            self.record.waiting = None
+            outage = OutageClock(self.config.run.outage_backoff_max_s, self.config.run.outage_patience_s)
+            while True:
+                self._kill_leftovers()
+                try:
+                    return self._execute_plan()
+                except Detached:
+                    return self._detach()
+                except Exception as e:
+                    what = self._unreachable(e)
+                    if what is None:
+                        self._record_crash(e)
+                        raise
+                    pause = outage.failed(what, self._last_answer(e))
+                    if pause is None:
+                        return self._give_up(outage, e)
+                    self.record.waiting = f"{outage.what} since {outage.since}: {e}"
+                    log.warning("%s; retrying in %.0fs (giving up after %s of it)",
+                                self.record.waiting, pause, _minutes(outage.patience_s))
+                    self._save(best_effort=True)
+                    if self._sleep(pause):
+                        self.record.waiting = None
+                        return self._stopped()
+                    outage.resumed()
 
-    def _finish(self, status, code: int, error: str | None = None) -> int:
+    def _execute_plan(self) -> int:
+        """Plan (finished stages are found in the store), fold the plan into the record, run
+        the rest. Called again after an outage: what finished meanwhile is found then."""
+        try:
+            plan = self.plan()
+        except UserError as e:
+            return self._finish("failed", EXIT_USER_ERROR, str(e))
+        self._merge_plan(plan)
+        self.record.waiting = None
+        self._save()
+        self.runs.add_to_index(self.record)
+        for planned in plan.to_run():
+            if self.interrupted:
+                break
+            code = self._run_stage(planned)
+            if code != EXIT_OK:
+                return code
+        if self.interrupted:
+            return self._stopped()
+        self.record.status = "succeeded"
+        self.record.ended_at = utc_now()
+        self._write_report()
+        return self._finish("succeeded", EXIT_OK, self.record.error)
+
+    def _finish(self, status, code: int, error: str | None = None, best_effort: bool = False) -> int:
         self.record.status = status
         self.record.ended_at = utc_now()
         self.record.error = error
-        self._save()
+        self._save(best_effort=best_effort)
         return code
+
+    def _stopped(self, note: str = "interrupted; resumable") -> int:
+        """A signal stopped the run outside a stage's follow (between stages, in a pause)."""
+        if self.detaching:
+            return self._detach()
+        return self._finish("interrupted", EXIT_INTERRUPTED, note)
+
+    def _detach(self) -> int:
+        """Stop watching; the running stage's Job (and its attempt) stay running for the next
+        controller to adopt."""
+        run_id = self.record.run_id
+        for state in self.record.stages.values():
+            if state.status == "running":
+                state.status = "detached"
+        self.record.waiting = None
+        return self._finish("detached", EXIT_DETACHED,
+                            f"detached: the stage Jobs are still running; `xwin resume {run_id}` "
+                            f"adopts them, `xwin cancel {run_id}` deletes them", best_effort=True)
+
+    def _last_answer(self, error: Exception) -> float | None:
+        """When the backend that `error` came from last answered (time.monotonic)."""
+        return self._store_answered if isinstance(error, StoreUnavailable) else self.executor.last_answer
+
+    def _unreachable(self, error: Exception) -> str | None:
+        """What is out if `error` is an outage of the store or the executor's backend."""
+        if isinstance(error, StoreUnavailable):
+            return "S3 unreachable" if self.config.store.kind == "s3" else "store unreachable"
+        return self.executor.unreachable(error)
+
+    def _give_up(self, outage: OutageClock, error: Exception) -> int:
+        self.record.waiting = None
+        for state in self.record.stages.values():
+            if state.status == "running" and not self.executor.stages_outlive_controller:
+                state.status = "cancelled"
+        message = (f"{outage.what} for {_minutes(outage.elapsed_s)} (since {outage.since}): "
+                   f"{error}; `xwin resume {self.record.run_id}` continues")
+        log.error("giving up: %s", message)
+        return self._finish("failed", EXIT_FAILED, message, best_effort=True)
+
+    def _record_crash(self, error: Exception) -> None:
+        """An unexpected error: say so in the record before it propagates, so that no record
+        stays "running" with no controller behind it."""
+        self.record.waiting = None
+        message = f"controller error: {type(error).__name__}: {error}; `xwin resume {self.record.run_id}` continues"
+        for state in self.record.stages.values():
+            if state.status == "running":
+                state.status, state.error = "failed", message
+        try:
+            self._finish("failed", EXIT_FAILED, message, best_effort=True)
+        except Exception:  # the error that matters is the one propagating
+            log.exception("could not record the controller error")
 
     def _run_stage(self, planned: PlannedStage) -> int:
         """Attempts until one succeeds, a permanent error, the retry budget or an interrupt."""
@@ -225,7 +345,8 @@ class Controller:
         # An attempt left running by a controller that died: a cluster Job may still be going.
         last = state.attempts[-1] if state.attempts else None
         if last is not None and last.status == "running":
-            result = self.executor.adopt(self._job(planned, profile, last.number))
+            with self._following_stage():
+                result = self.executor.adopt(self._job(planned, profile, last.number))
             if result is not None:
                 tries_left -= 1
                 code = self._settle(planned, state, last, result, tries_left)
@@ -240,15 +361,19 @@ class Controller:
             attempt.log = str(self.run_dir / "logs" / f"{planned.name}.{attempt.number}.log")
             state.attempts.append(attempt)
             self._save()
-            result = self.executor.run(self._job(planned, profile, attempt.number))
+            with self._following_stage():
+                result = self.executor.run(self._job(planned, profile, attempt.number))
             code = self._settle(planned, state, attempt, result, tries_left)
             if code is not None:
                 return code
+            if self._cancelled_elsewhere():
+                state.status = "cancelled"
+                return self._finish("cancelled", EXIT_INTERRUPTED, "cancelled by `xwin cancel`")
             log.warning("%s attempt %d failed (%s); retrying in %.0fs", planned.name,
                         attempt.number, result.reason, backoff)
             if self._sleep(backoff):
-                state.status = "cancelled"
-                return self._finish("interrupted", EXIT_INTERRUPTED, f"{planned.name}: cancelled; resumable")
+                state.status = "pending" if self.detaching else "cancelled"
+                return self._stopped(f"{planned.name}: cancelled; resumable")
             backoff *= 2
 
     def _settle(self, planned: PlannedStage, state: StageState, attempt: Attempt,
@@ -282,6 +407,14 @@ class Controller:
             return self._finish("failed", code, f"{planned.name}: {kind}: {result.reason}")
         self._save()
         return None
+
+    def _cancelled_elsewhere(self) -> bool:
+        """`xwin cancel` from another machine marks the run cancelled in the store, then
+        deletes its Jobs: a deleted Job is then the end of the run, not a reason to retry."""
+        if not self.executor.stages_outlive_controller:
+            return False
+        stored = self.runs.find(self.record.run_id)
+        return stored is not None and stored.status == "cancelled"
 
     def _job(self, planned: PlannedStage, profile: JobProfile, attempt: int) -> StageJob:
         return stage_job(self.config, planned, self.record.run_id, profile, self.run_dir / "logs",
@@ -335,14 +468,39 @@ class Controller:
                     a.reason = "controller stopped"
 
     @contextmanager
+    def _following_stage(self) -> Iterator[None]:
+        """While the executor follows a stage, a detaching signal ends the follow at once."""
+        if self.detaching:
+            raise Detached("detach requested")
+        self._following = True
+        try:
+            yield
+        finally:
+            self._following = False
+
+    @contextmanager
     def _signals(self) -> Iterator[None]:
-        """Ctrl-C and SIGTERM stop the stage's processes and leave the run resumable."""
+        """Ctrl-C and SIGTERM leave the run resumable: under the local executor they stop the
+        stage's processes; where stages outlive the controller (Kubernetes Jobs) they detach,
+        and the Jobs run on for the next controller to adopt."""
         def handler(signum, frame):
-            if not self.interrupted:
-                log.warning("%s: stopping the running stage; `xwin resume %s` continues",
-                            signal.Signals(signum).name, self.record.run_id)
+            first = not self.interrupted
             self.interrupted = True
-            self.executor.cancel(self.record.run_id)
+            run_id = self.record.run_id
+            if not self.executor.stages_outlive_controller:
+                if first:
+                    log.warning("%s: stopping the running stage; `xwin resume %s` continues",
+                                signal.Signals(signum).name, run_id)
+                self.executor.cancel(run_id)
+                return
+            if first:
+                log.warning("%s: detaching; the stage Jobs keep running: `xwin resume %s` adopts "
+                            "them, `xwin cancel %s` deletes them", signal.Signals(signum).name,
+                            run_id, run_id)
+            self.detaching = True
+            if self._following:
+                self._following = False
+                raise Detached(signal.Signals(signum).name)
 
         if threading.current_thread() is not threading.main_thread():
             yield  # only the main thread may handle signals; its caller stops us via cancel()
@@ -362,3 +520,46 @@ class Controller:
         except Exception as e:  # a report problem must not fail a finished pipeline
             log.exception("report failed")
             self.record.error = f"report failed: {e}"
+
+
+class OutageClock:
+    """One outage's clock: capped exponential pauses (1 s, 2 s, 4 s ... up to `backoff_max_s`)
+    until `patience_s` has passed since it began. Once the backend that failed has answered
+    again after a pause, the outage is over: its next failure (a day later, in the same long
+    stage) starts a new one."""
+
+    def __init__(self, backoff_max_s: float, patience_s: float):
+        self.backoff_max_s = backoff_max_s
+        self.patience_s = patience_s
+        self.what = ""
+        self.since = ""  # when it began, for the record
+        self._began: float | None = None
+        self._pause = 1.0
+        self._resumed_at: float | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return 0.0 if self._began is None else time.monotonic() - self._began
+
+    def failed(self, what: str, answered_at: float | None = None) -> float | None:
+        """A failure of `what`, whose backend last answered at `answered_at` (monotonic; None:
+        unknown): the pause before the next try, or None once patience is spent."""
+        now = time.monotonic()
+        recovered = (answered_at is not None and self._resumed_at is not None
+                     and answered_at >= self._resumed_at)
+        if self._began is None or recovered or what != self.what:
+            self._began, self.since, self.what, self._pause = now, utc_now(), what, 1.0
+        left = self.patience_s - (now - self._began)
+        if left <= 0:
+            return None
+        pause = min(self._pause, self.backoff_max_s, left)
+        self._pause = min(self._pause * 2, self.backoff_max_s)
+        return pause
+
+    def resumed(self) -> None:
+        self._resumed_at = time.monotonic()
+
+
+def _minutes(seconds: float) -> str:
+    """10m, 90s: how long an outage lasted, for a person."""
+    return f"{seconds / 60:.0f}m" if seconds >= 120 else f"{seconds:.0f}s"

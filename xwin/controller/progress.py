@@ -16,7 +16,9 @@ from xwin.controller.state import RunRecord, StageState
 STYLES = {
     "pending": "dim", "running": "bold yellow", "succeeded": "green", "cached": "cyan",
     "supplied": "cyan", "skipped": "dim", "failed": "bold red", "cancelled": "magenta",
+    "detached": "magenta",
 }
+TIMED_STATES = ("running", "succeeded", "failed", "cancelled", "detached")  # ones that ran
 # Metrics worth a column, in this order of preference (stages report many more).
 KEY_METRIC_HINTS = ("loss", "accuracy", "acc", "reward", "win", "score", "mean", "responses",
                     "pairs", "records", "samples", "tokens_per_s")
@@ -79,7 +81,8 @@ def stage_note(stage: StageState) -> str:
 
 
 def stage_table(record: RunRecord) -> Table:
-    table = Table(title=f"run {record.run_id}: {record.status}, {format_seconds(record.elapsed_s)}",
+    status = f"waiting ({record.waiting})" if record.status == "running" and record.waiting else record.status
+    table = Table(title=f"run {record.run_id}: {status}, {format_seconds(record.elapsed_s)}",
                   title_justify="left", expand=False)
     table.add_column("stage", no_wrap=True, min_width=7)
     table.add_column("status", no_wrap=True, min_width=9)
@@ -92,7 +95,7 @@ def stage_table(record: RunRecord) -> Table:
             stage.name,
             f"[{STYLES.get(stage.status, '')}]{stage.status}[/]",
             str(len(stage.attempts) or ""),
-            format_seconds(stage.elapsed_s) if stage.status in ("running", "succeeded", "failed", "cancelled") else "",
+            format_seconds(stage.elapsed_s) if stage.status in TIMED_STATES else "",
             key_metrics(stage.metrics),
             stage_note(stage),
         )

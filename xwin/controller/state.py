@@ -20,9 +20,12 @@ from xwin.core.errors import UserError
 from xwin.core.files import write_bytes_atomically
 
 StageStatus = Literal[
-    "pending", "running", "succeeded", "cached", "supplied", "skipped", "failed", "cancelled"
+    "pending", "running", "succeeded", "cached", "supplied", "skipped", "failed", "cancelled",
+    "detached",
 ]
-RunStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"]
+# detached: the controller stopped watching (SIGTERM/SIGINT under the Kubernetes executor) and
+# left the stage Jobs running; `xwin resume` (or `xwin run --run-id`) adopts them.
+RunStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted", "detached"]
 FINAL_STAGE_STATES = ("succeeded", "cached", "supplied", "skipped")
 
 RECORD_PREFIX = "runs"
@@ -78,6 +81,8 @@ class RunRecord(BaseModel):
     ended_at: str | None = None
     report: str | None = None
     error: str | None = None
+    waiting: str | None = Field(None, description="why a running controller is waiting instead of "
+                                "working, e.g. 'S3 unreachable since ...' (None: it is not)")
 
     @property
     def elapsed_s(self) -> float:
@@ -87,6 +92,15 @@ class RunRecord(BaseModel):
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RUN_ID_PATTERN = _RUN_ID.pattern
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names store keys, folders and Kubernetes labels: letters, digits, . _ -."""
+    if not _RUN_ID.match(run_id):
+        raise UserError(f"{run_id!r} is not a run id (letters, digits, '.', '_' and '-', "
+                        "starting with a letter or digit)")
+    return run_id
 
 
 def new_run_id(name: str, taken) -> str:
@@ -114,22 +128,30 @@ class RunStore:
     def exists(self, run_id: str) -> bool:
         return self.run_dir(run_id).exists() or self.store.get_record(f"{RECORD_PREFIX}/{run_id}") is not None
 
-    def save(self, record: RunRecord) -> None:
+    def save(self, record: RunRecord, local_only: bool = False) -> None:
+        """The local mirror first, then the store: while the store is unreachable
+        (`local_only`) the mirror still shows `xwin status` why the controller waits."""
         record.updated_at = utc_now()
         data = record.model_dump_json(indent=2).encode()
-        self.store.put_record(f"{RECORD_PREFIX}/{record.run_id}", data)
         write_bytes_atomically(self.run_dir(record.run_id) / "state.json", data)
+        if not local_only:
+            self.store.put_record(f"{RECORD_PREFIX}/{record.run_id}", data)
 
-    def load(self, run_id: str) -> RunRecord:
-        if not _RUN_ID.match(run_id):
-            raise UserError(f"{run_id!r} is not a run id")
+    def find(self, run_id: str) -> RunRecord | None:
+        """The run's record from the store (a restarted controller has a fresh workdir, so the
+        store is the truth), else the local mirror; None if there is no such run."""
+        check_run_id(run_id)
         data = self.store.get_record(f"{RECORD_PREFIX}/{run_id}")
         if data is None:
             local = self.run_dir(run_id) / "state.json"
-            if not local.exists():
-                raise UserError(f"no run {run_id!r} (see `xwin runs`)")
-            data = local.read_bytes()
-        return RunRecord.model_validate_json(data)
+            data = local.read_bytes() if local.exists() else None
+        return None if data is None else RunRecord.model_validate_json(data)
+
+    def load(self, run_id: str) -> RunRecord:
+        record = self.find(run_id)
+        if record is None:
+            raise UserError(f"no run {run_id!r} (see `xwin runs`)")
+        return record
 
     def add_to_index(self, record: RunRecord) -> None:
         index = self.index()

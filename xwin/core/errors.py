@@ -10,6 +10,10 @@ EXIT_FAILED = 1  # a stage failed for a reason a retry may fix (the controller r
 EXIT_USER_ERROR = 2  # bad config or data: fail fast, never retried
 EXIT_BUSY = 3  # another controller holds the run
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM / `xwin cancel`: resumable
+# SIGTERM / Ctrl-C under the Kubernetes executor: the controller stopped watching and left the
+# stage Jobs running; a restarted controller (`xwin resume`, `xwin run --run-id`) adopts them.
+# 75 is sysexits' EX_TEMPFAIL: "try again later".
+EXIT_DETACHED = 75
 
 
 class UserError(Exception):

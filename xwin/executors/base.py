@@ -38,6 +38,14 @@ class StageResult(StrictModel):
 
 
 class Executor(ABC):
+    # Whether a stage outlives its controller: a cluster Job does, so SIGTERM (a node drain, an
+    # eviction, `helm upgrade`) detaches from it instead of deleting it; local processes are
+    # the controller's children and are stopped with it.
+    stages_outlive_controller: bool = False
+    # When the backend last answered (time.monotonic; None: not yet, or not tracked): after an
+    # outage, an answer tells the controller it is over.
+    last_answer: float | None = None
+
     @abstractmethod
     def run(self, job: StageJob) -> StageResult:
         """Run the stage to completion (blocking) and report how it ended."""
@@ -49,4 +57,9 @@ class Executor(ABC):
     def adopt(self, job: StageJob) -> StageResult | None:
         """On resume: if this attempt is still running (a cluster Job survives a controller
         crash), wait for it instead of starting a duplicate. None: nothing to adopt."""
+        return None
+
+    def unreachable(self, error: BaseException) -> str | None:
+        """What is unreachable if `error` is an outage of the executor's backend (beyond its
+        client's own retries), e.g. "Kubernetes API unreachable"; None for any other error."""
         return None

@@ -47,7 +47,7 @@ from xwin.executors.kubernetes.naming import (
 )
 from xwin.executors.kubernetes.render import CONTAINER, RenderedStage, render_stage
 from xwin.executors.kubernetes.settings import KubernetesConfig
-from xwin.executors.kubernetes.watch import ResumableWatch, call
+from xwin.executors.kubernetes.watch import ResumableWatch, call, is_transient
 
 log = logging.getLogger(__name__)
 QUEUE_PENDING = "pending quota (Kueue)"
@@ -69,6 +69,8 @@ def api_client_from_environment() -> k8s.ApiClient:
 
 
 class KubernetesExecutor(Executor):
+    stages_outlive_controller = True  # a Job runs on whether or not a controller watches it
+
     def __init__(self, namespace: str, settings: KubernetesConfig | None = None,
                  api_client: k8s.ApiClient | None = None,
                  on_problem: Callable[[StageJob, str], None] | None = None,
@@ -104,6 +106,7 @@ class KubernetesExecutor(Executor):
             return StageResult(status="cancelled", reason="run cancelled")
         rendered = render_stage(job, self.settings, self.namespace)
         created = self._create(rendered)
+        self.last_answer = time.monotonic()
         log.info("%s: %s job %s/%s", job.stage, "created" if created else "adopted existing",
                  self.namespace, rendered.name)
         return self._follow(job, rendered.name)
@@ -113,6 +116,7 @@ class KubernetesExecutor(Executor):
         selector = ",".join([f"{LABEL_RUN}={run_label(job.run_id)}", f"{LABEL_STAGE}={job.stage}",
                              f"{LABEL_ATTEMPT}={job.attempt}"])
         found = call(self.batch.list_namespaced_job, self.namespace, label_selector=selector).items
+        self.last_answer = time.monotonic()
         if not found:
             return None
         existing = next((j for j in found if j.metadata.name == name), found[0])
@@ -122,6 +126,9 @@ class KubernetesExecutor(Executor):
             self._create_owned(render_stage(job, self.settings, self.namespace), existing)
         log.info("%s: adopting job %s/%s", job.stage, self.namespace, existing.metadata.name)
         return self._follow(job, existing.metadata.name)
+
+    def unreachable(self, error: BaseException) -> str | None:
+        return "Kubernetes API unreachable" if is_transient(error) else None
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
@@ -194,6 +201,7 @@ class KubernetesExecutor(Executor):
         seen_job = False
         while True:
             for event in watcher.events():
+                self.last_answer = time.monotonic()
                 obj = event["object"]
                 seen_job = True
                 if event["type"] == "DELETED" or obj.metadata.deletion_timestamp:
@@ -208,6 +216,7 @@ class KubernetesExecutor(Executor):
                 if (given_up := self._check_pods(job, name, stuck_since)) is not None:
                     return given_up
             # The watch request ended quietly: check on the pods, then resume.
+            self.last_answer = time.monotonic()
             if self._is_cancelled(job.run_id):
                 return self._deleted(job, name, queue.preemptions)
             if not seen_job:
