@@ -174,6 +174,34 @@ def test_a_controller_that_loses_its_lease_stops_its_stage_and_writes_nothing(tm
     assert Holder.model_validate_json(store.get_record(key)).owner == "controller in pod B"
 
 
+def test_on_a_cluster_a_controller_that_loses_its_lease_leaves_the_job_to_the_new_holder(
+        tmp_path, new_store):
+    """Kubernetes: the stage's Job belongs to the run, and the controller that took over adopts
+    it, so the one that lost the lease does not cancel it; it only stops writing."""
+    config, store, runs = pod(tmp_path, "pod-a", new_store)
+    config.executor = config.executor.model_copy(update={"kind": "kubernetes"})
+    executor = CountingExecutor(store, tmp_path, hold=True)
+    record = new_record(config, runs)
+    controller = Controller(config, record, store, runs, executor=executor)
+    stage_key = controller.plan().stages["prepare"].key
+    thread, result = in_thread(controller.execute)
+    assert executor.started.wait(20)
+    key = run_lease_key(record.run_id)
+    found = store.get_record_versioned(key)
+    taker = Holder.model_validate_json(found.data).model_copy(
+        update={"owner": "controller in pod B", "token": "b", "expires_at": time.time() + 60})
+    store.replace_record(key, taker.model_dump_json().encode(), version=found.version)
+    record_at_takeover = store.get_record(f"runs/{record.run_id}")
+    time.sleep(0.6)  # a few heartbeats: the loss is noticed
+    assert thread.is_alive() and not executor.cancelled.is_set()
+    executor.release.set()  # the Job finishes (and commits) on its own
+    thread.join(20)
+    assert isinstance(result["error"], RunBusy) and "lost its lease" in str(result["error"])
+    assert store.get_record(f"runs/{record.run_id}") == record_at_takeover
+    assert store.exists(stage_key)  # the Job's output stands, for the new holder to find
+    assert store.get_record(f"timings/{stage_key}") is None  # nothing written by the loser
+
+
 def test_run_ids_claimed_at_once_never_collide_and_all_are_indexed(tmp_path, new_store):
     _, store, runs = pod(tmp_path, "pod-a", new_store)
     store.put_record(LEGACY_INDEX_KEY, b'{"old-run": {"name": "old", "created_at": "2020"}}')

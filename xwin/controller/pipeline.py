@@ -405,6 +405,8 @@ class Controller:
         return message
 
     def _save_timing(self, planned: PlannedStage, state: StageState) -> None:
+        if not self._may_write():
+            return
         timing = {"run_id": self.record.run_id, "elapsed_s": state.elapsed_s,
                   "attempts": len(state.attempts), "finished_at": state.ended_at}
         self.store.put_record(timing_record_key(planned.key), json.dumps(timing).encode())
