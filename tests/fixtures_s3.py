@@ -4,7 +4,8 @@ front of it, and a local store in a temporary folder.
 
 Fixtures: s3_server (session: the endpoint URL), aws_env (dummy credentials, no AWS config
 files, a private XWIN_CACHE_DIR), s3_bucket (a fresh bucket), s3_store_config (a StoreConfig for
-it: 5 MB parts, 3 attempts), s3_fault_proxy (a FaultProxy in front of s3_server), local_store.
+it: 5 MB parts, 3 attempts), s3_fault_proxy (a FaultProxy in front of s3_server), local_store,
+moto_atomic_puts (moto's conditional PUTs decided one at a time, as S3 decides them).
 """
 
 from __future__ import annotations
@@ -104,6 +105,24 @@ def s3_store_config(s3_server, s3_bucket) -> StoreConfig:
         max_attempts=3,
         multipart_chunk_mb=5,
     )
+
+
+@pytest.fixture
+def moto_atomic_puts(s3_server, monkeypatch) -> None:
+    """moto checks a PUT's If-None-Match / If-Match and then stores the object without a lock,
+    so two PUTs at once can both pass their check; S3 decides conditional writes to one key
+    atomically (one 200, one 412). The server runs in this process: make its PUT handler take
+    one lock, so concurrency tests see S3's behaviour, not that gap."""
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    put_object = S3Response.put_object
+
+    def one_at_a_time(self, *args, **kwargs):
+        with lock:
+            return put_object(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Response, "put_object", one_at_a_time)
 
 
 @pytest.fixture

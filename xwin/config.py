@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -60,6 +60,23 @@ class RunConfig(StrictModel):
     outage_patience_s: float = Field(
         600.0, ge=0, description="how long an outage may last before the controller gives up "
         "(the record says why; `xwin resume` continues)")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="a controller's lease on its run, and a run's reservation of the "
+        "content key a stage is producing, lapse this long after their last renewal; another "
+        "controller may then take over (keep it well above the machines' clock skew)")
+    lease_renew_s: float = Field(
+        15.0, gt=0, description="how often the holder renews its leases; under lease_ttl_s, "
+        "so a renewal may fail and be retried before the lease lapses")
+    key_wait_max_s: float = Field(
+        30.0, gt=0, description="a run whose stage needs a key another run is producing looks "
+        "again after 0.5 s, doubling up to this")
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> RunConfig:
+        if self.lease_renew_s >= self.lease_ttl_s:
+            raise ValueError(f"run.lease_renew_s ({self.lease_renew_s}) must be under "
+                             f"run.lease_ttl_s ({self.lease_ttl_s})")
+        return self
 
 
 class ExecutorConfig(StrictModel):

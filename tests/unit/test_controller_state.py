@@ -143,3 +143,21 @@ def test_a_stage_waiting_in_kueue_shows_its_queue_state_then_its_log(tmp_path):
     # A record from before Kueue support still loads: no queue state, no preemptions.
     old = Attempt.model_validate({"number": 1, "started_at": "2026-01-01T00:00:00+00:00"})
     assert (old.queue, old.preemptions) == (None, 0)
+
+
+def test_the_index_reads_per_run_entries_and_the_old_single_record(runs, caplog):
+    runs.store.put_record("runs/index", b'{"old-1": {"name": "old", "created_at": "2025-01-01"}}')
+    first = runs.claim_run_id("demo", "2026-01-01T00:00:00+00:00")
+    second = runs.claim_run_id("demo", "2026-01-01T00:00:00+00:00")
+    assert second != first  # within the same second: `<first>-2`, its claim of `first` refused
+    runs.store.put_record("runs-index/broken-1", b"{not json")
+    assert runs.index() == {
+        "old-1": {"name": "old", "created_at": "2025-01-01"},
+        first: {"name": "demo", "created_at": "2026-01-01T00:00:00+00:00"},
+        second: {"name": "demo", "created_at": "2026-01-01T00:00:00+00:00"},
+    }
+    assert "damaged run index entry runs-index/broken-1" in caplog.text
+    assert runs.list_ids() == ["old-1", first, second]
+    # an id claimed by a run that died before its first record is skipped, not an error
+    runs.save(a_record(first))
+    assert runs.latest() == first

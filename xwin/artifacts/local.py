@@ -6,6 +6,7 @@ Layout under the store's root:
     <key>/.commits/<commit_id>/...   that commit's files (read-only)
     .staging/<commit_id>/...         a commit being copied (invisible to readers)
     .records/<key>                   small mutable records
+    .records/.lock                   serialises conditional record writes (create, replace)
     .lock                            serialises the short publish step of commits and deletes
 
 A commit copies into .staging (same filesystem), renames the folder into .commits, then
@@ -22,6 +23,7 @@ delete of the key to collect. flock, not a marker file: the kernel drops a dead 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
@@ -58,7 +60,9 @@ from xwin.artifacts.store import (
     ArtifactStore,
     FileEntry,
     Manifest,
+    RecordConflict,
     StoreUnavailable,
+    VersionedRecord,
 )
 from xwin.core.clock import utc_now
 from xwin.core.files import fsync_dir, write_bytes_atomically
@@ -263,6 +267,48 @@ class LocalStore(ArtifactStore):
         check_key(key)
         write_bytes_atomically(self.root / ".records" / key, data)
 
+    # Conditional writes: check and write under one flock, so two processes (or threads) on
+    # this machine, or on a shared volume whose filesystem honours flock, never both win.
+    def create_record(self, key: str, data: bytes) -> str:
+        check_key(key)
+        path = self.root / ".records" / key
+        with file_lock(self.root / ".records" / ".lock"):
+            if path.exists():
+                raise RecordConflict(f"record {key} already exists in {self.root}")
+            write_bytes_atomically(path, data)
+        return record_version(data)
+
+    def replace_record(self, key: str, data: bytes, *, version: str) -> str:
+        check_key(key)
+        path = self.root / ".records" / key
+        with file_lock(self.root / ".records" / ".lock"):
+            try:
+                current = record_version(path.read_bytes())
+            except (FileNotFoundError, NotADirectoryError):
+                raise RecordConflict(f"record {key} is gone from {self.root}") from None
+            if current != version:
+                raise RecordConflict(f"record {key} in {self.root} changed since it was read")
+            write_bytes_atomically(path, data)
+        return record_version(data)
+
+    def get_record_versioned(self, key: str) -> VersionedRecord | None:
+        data = self.get_record(key)
+        return None if data is None else VersionedRecord(data, record_version(data))
+
+    def list_records(self, prefix: str) -> list[str]:
+        base = self.root / ".records"
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = base / head if head and is_key(head) else base
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                key = (Path(dirpath) / name).relative_to(base).as_posix()
+                # is_key drops the temporary files of atomic writes and the lock
+                if is_key(key) and key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
     # -- reading
     def manifest(self, key: str) -> Manifest | None:
         # not a key (e.g. a local path a stage spec names as input): no artifact, not an error
@@ -362,3 +408,8 @@ class LocalStore(ArtifactStore):
             probe.unlink()
         except OSError as e:
             raise StoreUnavailable(f"local artifact store {self.root}: cannot write: {e}") from e
+
+
+def record_version(data: bytes) -> str:
+    """A local record's version: the digest of its bytes (what S3's ETag is for a plain PUT)."""
+    return hashlib.sha256(data).hexdigest()[:32]

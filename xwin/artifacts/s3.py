@@ -4,7 +4,8 @@ Layout under s3://<bucket>/<prefix>/:
 
     <key>/MANIFEST.json              the committed manifest (one PUT: atomic for readers)
     <key>/.commits/<commit_id>/...   that commit's files
-    .records/<key>                   small mutable records
+    .records/<key>                   small mutable records; leases and the run index are written
+                                     with conditional PUTs (If-None-Match: *, If-Match: <ETag>)
 
 A commit hashes the folder, uploads every file under a new commit id, then PUTs the manifest;
 until that last PUT nothing is visible, and a failed upload removes what it sent. Large files go
@@ -65,7 +66,9 @@ from xwin.artifacts.store import (
     ArtifactNotFound,
     ArtifactStore,
     Manifest,
+    RecordConflict,
     StoreUnavailable,
+    VersionedRecord,
 )
 from xwin.core.clock import utc_now
 from xwin.core.errors import ConfigError
@@ -273,6 +276,63 @@ class S3Store(ArtifactStore):
             Key=self._obj(".records", key),
             Body=data,
         )
+
+    def create_record(self, key: str, data: bytes) -> str:
+        check_key(key)
+        return self._put_conditional(key, data, IfNoneMatch="*")
+
+    def replace_record(self, key: str, data: bytes, *, version: str) -> str:
+        check_key(key)
+        return self._put_conditional(key, data, IfMatch=version)
+
+    def _put_conditional(self, key: str, data: bytes, **condition: str) -> str:
+        """One conditional PUT. A retried PUT whose first answer was lost finds its own write in
+        place and gets 412: the bytes it reads back are its own (writers make every write's
+        bytes unique), so that is a win, not a conflict."""
+        obj = self._obj(".records", key)
+        try:
+            answer = self._call(f"writing record {key}", self.client.put_object,
+                                Bucket=self.bucket, Key=obj, Body=data, **condition)
+        except ClientError as e:
+            # 412: the condition failed; 409: another conditional write to the key was in
+            # flight; 404 (If-Match on a record that is gone)
+            if error_code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                     "409") and not is_not_found(e):
+                raise
+            current = self.get_record_versioned(key)
+            if current is not None and current.data == data:
+                return current.version
+            raise RecordConflict(
+                f"record s3://{self.bucket}/{obj}: another writer changed it first "
+                f"({error_code(e)})") from e
+        return answer["ETag"]
+
+    def get_record_versioned(self, key: str) -> VersionedRecord | None:
+        if not is_key(key):
+            return None
+        obj = self._obj(".records", key)
+
+        def get() -> VersionedRecord | None:
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=obj)
+            except ClientError as e:
+                if is_not_found(e):
+                    return None
+                raise
+            return VersionedRecord(answer["Body"].read(), answer["ETag"])
+
+        return self._call(f"reading record {key}", get)
+
+    def list_records(self, prefix: str) -> list[str]:
+        base = self._obj(".records") + "/"
+
+        def scan() -> list[str]:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base + prefix)
+            keys = [obj["Key"][len(base):] for page in pages for obj in page.get("Contents", [])]
+            return sorted(k for k in keys if is_key(k))
+
+        return self._call(f"listing records {prefix!r}", scan)
 
     # -- reading
     def _get_bytes(self, what: str, obj: str) -> bytes | None:

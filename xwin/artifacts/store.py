@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -42,6 +42,19 @@ class StoreUnreachable(StoreUnavailable):
 
 class InvalidKey(ArtifactError, UserError):
     """A key that cannot name an artifact (empty segment, leading dot, odd characters)."""
+
+
+class RecordConflict(ArtifactError):
+    """A conditional record write lost: the record already exists (create) or is no longer the
+    version the writer read (replace). Someone else wrote first; read the record again."""
+
+
+class VersionedRecord(NamedTuple):
+    """A record's bytes and the version a conditional replace must name: the S3 ETag, or the
+    local store's digest of the bytes (the same idea: it changes whenever the bytes do)."""
+
+    data: bytes
+    version: str
 
 
 class FileEntry(BaseModel):
@@ -116,3 +129,23 @@ class ArtifactStore(ABC):
     @abstractmethod
     def get_record(self, key: str) -> bytes | None:
         """The record's bytes, or None if never written."""
+
+    # -- records written only if no one else wrote first: leases, run ids, the run index
+    @abstractmethod
+    def get_record_versioned(self, key: str) -> VersionedRecord | None:
+        """The record's bytes with its version, or None if never written."""
+
+    @abstractmethod
+    def create_record(self, key: str, data: bytes) -> str:
+        """Write the record only if it does not exist (S3 `If-None-Match: *`); its new version.
+        RecordConflict if it exists: of two writers at once, exactly one wins."""
+
+    @abstractmethod
+    def replace_record(self, key: str, data: bytes, *, version: str) -> str:
+        """Replace the record only if it is still at `version` (S3 `If-Match`); its new version.
+        RecordConflict if it changed or is gone. Writers must make every write's bytes differ
+        (a timestamp, a token), since the version is derived from the bytes."""
+
+    @abstractmethod
+    def list_records(self, prefix: str) -> list[str]:
+        """Keys of the records under `prefix` (a folder: `runs-index/`), sorted."""

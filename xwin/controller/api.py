@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xwin.artifacts.store import StoreUnavailable, StoreUnreachable
+from xwin.controller.lease import read_lease, run_lease_key
 from xwin.controller.pipeline import Controller, OutageClock, RunBusy, lock_holder, new_record
 from xwin.controller.progress import format_seconds, make_progress, stage_table
 from xwin.controller.state import RunRecord, RunStore, check_run_id
@@ -202,14 +203,31 @@ def summarize(record: RunRecord) -> None:
 
 
 def show_status(run_id: str, workdir: Path, config_path: Path | None, as_json: bool = False) -> int:
-    _, record = find_run(run_id, workdir, config_path)
+    runs, record = find_run(run_id, workdir, config_path)
     if as_json:
         print(record.model_dump_json(indent=2))
         return 0
-    if record.status == "running" and lock_holder(Path(record.workdir) / "runs" / record.run_id) is None \
-            and record.controller.get("host") == socket.gethostname():
-        record.status = "interrupted"  # its controller died without saying so
+    holder = None
+    if record.status == "running":
+        try:
+            found = read_lease(runs.store, run_lease_key(record.run_id))
+        except StoreUnavailable:  # the local copy is shown; whether its controller lives is unknown
+            stopped = False
+        else:
+            if found is not None:  # the run's lease says whether a controller is alive, anywhere
+                holder = found[0] if found[0] is not None and found[0].live(time.time()) else None
+                stopped = holder is None
+            else:  # a run from before leases: only a controller on this host can be checked
+                stopped = lock_holder(Path(record.workdir) / "runs" / record.run_id) is None \
+                    and record.controller.get("host") == socket.gethostname()
+        if stopped:
+            record.status = "interrupted"  # its controller died without saying so
     console.print(stage_table(record))
+    if holder is not None:
+        console.print(f"controller: {holder.describe()}")
+    for stage in record.stages.values():
+        if stage.waiting_for and stage.status in ("pending", "running"):
+            console.print(f"{stage.name}: {stage.waiting_for}")  # whole: the table cuts notes
     for stage in record.stages.values():
         if stage.error and stage.status == "failed":
             console.print(f"[red]{stage.name}:[/] {stage.error}")
@@ -248,7 +266,10 @@ def list_runs(workdir: Path, config_path: Path | None = None) -> None:
 
         runs = open_runs(absolute_paths(load_config(config_path)))
         for run_id in runs.index():
-            records[run_id] = runs.load(run_id)
+            try:
+                records[run_id] = runs.load(run_id)
+            except UserError:  # its id was claimed, then the run died before its first record
+                continue
     if not records:
         console.print("no runs")
         return

@@ -40,7 +40,17 @@ from xwin.artifacts.stage_io import part_key
 from xwin.artifacts.store import StoreUnavailable
 from xwin.controller.graph import Plan, PlannedStage, is_committed, make_plan
 from xwin.controller.jobs import make_executor, profiles_for, sharded_counts, stage_job
-from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, controller_identity, new_run_id
+from xwin.controller.lease import (
+    Holder,
+    Lease,
+    LeaseHeld,
+    RunBusy,
+    kept,
+    key_lease_key,
+    run_lease_key,
+    wait_for_key,
+)
+from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, controller_identity
 from xwin.core.clock import utc_now
 from xwin.core.errors import (
     EXIT_DETACHED,
@@ -55,9 +65,7 @@ from xwin.executors.profiles import JobProfile
 
 log = logging.getLogger(__name__)
 
-
-class RunBusy(UserError):
-    """Another controller process is running this run."""
+__all__ = ["Controller", "RunBusy", "lock_holder", "new_record", "run_lock"]
 
 
 class Detached(BaseException):  # noqa: N818 (not an error: how a signal ends the watch)
@@ -73,7 +81,9 @@ def timing_record_key(stage_key: str) -> str:
 
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """One controller per run: an exclusive lock the kernel drops when the process dies."""
+    """One controller per run on this machine: an exclusive lock the kernel drops when the
+    process dies. The fast path; controllers on other machines are fenced by the run's lease
+    in the store (Controller._run_lease)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "controller.lock", "a+") as f:
         try:
@@ -112,11 +122,20 @@ def lock_holder(run_dir: Path) -> int | None:
 def new_record(config, runs: RunStore, run_id: str | None = None) -> RunRecord:
     """A new run's record: `run_id` (a stable id, `xwin run --run-id`) or `<name>-<UTC time>`."""
     now = utc_now()
-    run_id = run_id or new_run_id(config.run.name, runs.exists)
+    run_id = run_id or runs.claim_run_id(config.run.name, now)
     return RunRecord(
         run_id=run_id, name=config.run.name, created_at=now, updated_at=now,
         config=config.model_dump(mode="json"), workdir=str(runs.workdir),
     )
+
+
+def forced_stages(plan: Plan, force: set[str]) -> set[str]:
+    """The stages `--force` names and everything downstream of them (they rerun too)."""
+    forced: set[str] = set()
+    for stage in plan.stages.values():  # in pipeline order
+        if stage.name in force or any(up in forced for up in stage.depends_on):
+            forced.add(stage.name)
+    return forced
 
 
 class Controller:
@@ -140,20 +159,36 @@ class Controller:
         self._following = False  # inside the executor, following a stage: detach raises there
         self._store_answered: float | None = None  # when a record write last reached the store
         self.run_dir = runs.run_dir(record.run_id)
+        self.lease: Lease | None = None  # the run's lease in the store, while execute holds it
+        self.lease_lost: str | None = None  # why it was lost: nothing is written after that
 
     # -- bookkeeping
     def _save(self, best_effort: bool = False) -> None:
-        """The record, to the store and the local mirror. `best_effort`: while the store is
-        unreachable, the mirror alone (a progress note must not stop a running stage)."""
-        try:
-            self.runs.save(self.record)
-            self._store_answered = time.monotonic()
-        except StoreUnavailable as e:
-            if not best_effort:
-                raise
-            log.warning("run record kept locally only: %s", e)
-            self.runs.save(self.record, local_only=True)
+        """The record, to the store and the local mirror (neither once the run's lease is lost
+        or lapsed). `best_effort`: while the store is unreachable, the mirror alone (a progress
+        note must not stop a running stage)."""
+        if self._may_write():
+            try:
+                self.runs.save(self.record)
+                self._store_answered = time.monotonic()
+            except StoreUnavailable as e:
+                if not best_effort:
+                    raise
+                log.warning("run record kept locally only: %s", e)
+                self.runs.save(self.record, local_only=True)
         self.progress(self.record)
+
+    def _may_write(self) -> bool:
+        """False once the run's lease is lost, and while it has lapsed by this process's clock
+        (the store unreachable): another controller may own the record then. The next save
+        after a renewal writes the whole record again."""
+        if self.lease_lost is not None:
+            return False
+        if self.lease is not None and not self.lease.valid():
+            log.warning("not writing the run record: the run's lease has lapsed and is not "
+                        "renewed yet")
+            return False
+        return True
 
     def _on_spawn(self, job: StageJob, pids: list[int]) -> None:
         attempt = self.record.stages[job.stage].attempts[-1]
@@ -222,7 +257,7 @@ class Controller:
     def execute(self) -> int:
         """Run every pending stage; the exit code says how the run ended. Outages are waited
         out (see the module docstring); any other error is recorded, then propagates."""
-        with run_lock(self.run_dir), self._signals():
+        with run_lock(self.run_dir), self._run_lease(), self._signals():
             self.record.controller = controller_identity()
             self.record.status = "running"
             self.record.error = None
@@ -265,7 +300,7 @@ class Controller:
         for planned in plan.to_run():
             if self.interrupted:
                 break
-            code = self._run_stage(planned)
+            code = self._run_reserved(planned, plan)
             if code != EXIT_OK:
                 return code
         if self.interrupted:
@@ -274,6 +309,72 @@ class Controller:
         self.record.ended_at = utc_now()
         self._write_report()
         return self._finish("succeeded", EXIT_OK, self.record.error)
+
+    @contextmanager
+    def _run_lease(self) -> Iterator[None]:
+        """The run's lease for the block: a second controller on a live run (another pod on the
+        same bucket) gets RunBusy naming the holder; losing the lease stops this one."""
+        run = self.config.run
+        lease = Lease(self.store, run_lease_key(self.record.run_id),
+                      f"controller of run {self.record.run_id}", run.lease_ttl_s)
+        try:
+            lease.acquire()
+        except LeaseHeld as e:
+            raise RunBusy(f"run {self.record.run_id} is running in another controller: "
+                          f"{e.holder.describe()}; `xwin cancel {self.record.run_id}` stops it, "
+                          f"or it may be taken over once its lease lapses "
+                          f"(run.lease_ttl_s = {run.lease_ttl_s:g} s after its last renewal)"
+                          ) from None
+        self.lease, self.lease_lost = lease, None
+        try:
+            with kept(lease, run.lease_renew_s, self._on_lease_lost):
+                yield
+        finally:
+            self.lease = None
+        if self.lease_lost:  # replaces the exit code the block returned
+            raise RunBusy(f"run {self.record.run_id}: this controller lost its lease "
+                          f"({self.lease_lost}) and stopped without writing the run record")
+
+    def _on_lease_lost(self, reason: str) -> None:
+        """From the heartbeat thread: stop the stage, write nothing more."""
+        if self.lease_lost is None:
+            self.lease_lost = reason
+            self.interrupted = True
+            if self.config.executor.kind == "local":  # our own processes: stop them
+                self.executor.cancel(self.record.run_id)
+            # a cluster Job is left running: the controller that took over adopts it
+
+    def _run_reserved(self, planned: PlannedStage, plan: Plan) -> int:
+        """_run_stage with the stage's content key reserved in the store for this run: a run
+        whose plan needs the same key meanwhile waits, then finds it committed (cached)."""
+        state = self.record.stages[planned.name]
+        run = self.config.run
+        lease = Lease(self.store, key_lease_key(planned.key),
+                      f"run {self.record.run_id}, stage {planned.name}", run.lease_ttl_s)
+
+        def waiting(holder: Holder) -> None:
+            note = f"waiting for {planned.key} ({holder.owner})"
+            if state.waiting_for != note:
+                log.info("%s: %s", planned.name, note)
+                state.waiting_for = note
+                self._save()
+
+        if not wait_for_key(lease, on_wait=waiting, max_backoff_s=run.key_wait_max_s,
+                            pause=self._sleep):
+            state.status, state.waiting_for = "cancelled", None
+            return self._stopped(f"{planned.name}: cancelled while waiting for {planned.key}; "
+                                 "resumable")
+        with kept(lease, run.lease_renew_s, self._on_lease_lost):
+            state.waiting_for = None
+            # another run may have committed it since the plan (forced stages rerun regardless)
+            if planned.name not in forced_stages(plan, self.force) and is_committed(
+                    self.store, planned.key, planned.shards):
+                log.info("%s: %s was committed by another run; reusing it", planned.name,
+                         planned.key)
+                state.status, state.metrics = "cached", self._metrics(planned)
+                self._save()
+                return EXIT_OK
+            return self._run_stage(planned)
 
     def _finish(self, status, code: int, error: str | None = None, best_effort: bool = False) -> int:
         self.record.status = status
@@ -438,6 +539,8 @@ class Controller:
         return message
 
     def _save_timing(self, planned: PlannedStage, state: StageState) -> None:
+        if not self._may_write():
+            return
         timing = {"run_id": self.record.run_id, "elapsed_s": state.elapsed_s,
                   "attempts": len(state.attempts), "finished_at": state.ended_at}
         self.store.put_record(timing_record_key(planned.key), json.dumps(timing).encode())

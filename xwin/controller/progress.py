@@ -68,6 +68,9 @@ def last_log_line(path: str | None, width: int = 60) -> str:
 
 
 def stage_note(stage: StageState) -> str:
+    if stage.waiting_for and stage.status in ("pending", "running"):  # another run is
+        # producing this stage's output
+        return stage.waiting_for
     if stage.status == "running" and stage.attempts:
         attempt = stage.attempts[-1]
         if attempt.queue and "admitted" not in attempt.queue:  # waiting: no pod, no log yet

@@ -1,23 +1,35 @@
 """Run state: one record per run in the artifact store (`runs/<run_id>`, via put_record), mirrored
 to `<workdir>/runs/<run_id>/state.json` for a quick look. It lists every stage with its
 decision, status, artifact key, attempts, timings and metrics: what `xwin status` shows and what
-`xwin resume` continues from."""
+`xwin resume` continues from.
+
+The run index is one record per run, `runs-index/<run_id>`, written once with create-if-absent:
+that write is what claims the run id, so two `xwin run` at once (two pods on one bucket) never
+get the same id and both appear in `xwin runs`. Runs made before read from the old single
+`runs/index` record too."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import re
+import secrets
 import socket
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from xwin.artifacts.store import RecordConflict
 from xwin.core.clock import parse_time, utc_now
 from xwin.core.errors import UserError
 from xwin.core.files import write_bytes_atomically
+
+log = logging.getLogger(__name__)
 
 StageStatus = Literal[
     "pending", "running", "succeeded", "cached", "supplied", "skipped", "failed", "cancelled",
@@ -29,7 +41,8 @@ RunStatus = Literal["running", "succeeded", "failed", "cancelled", "interrupted"
 FINAL_STAGE_STATES = ("succeeded", "cached", "supplied", "skipped")
 
 RECORD_PREFIX = "runs"
-INDEX_KEY = "runs/index"
+INDEX_PREFIX = "runs-index"  # one record per run: {"name", "created_at"}
+LEGACY_INDEX_KEY = "runs/index"  # the single read-modify-write index of older versions
 
 
 class Attempt(BaseModel):
@@ -57,6 +70,8 @@ class StageState(BaseModel):
     ended_at: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    waiting_for: str | None = Field(None, description="`waiting for <key> (run R, stage S)`: "
+                                    "another run is producing this stage's output")
 
     @property
     def elapsed_s(self) -> float | None:
@@ -103,16 +118,26 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def new_run_id(name: str, taken) -> str:
-    """`<name>-<UTC time>`, with a counter if that second is taken."""
+def candidate_run_ids(name: str) -> Iterator[str]:
+    """`<name>-<UTC time>`, then with a counter: `-2`, `-3`, ..."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_id = f"{base}-{stamp}"
-    n = 2
-    while taken(run_id):
-        run_id = f"{base}-{stamp}-{n}"
-        n += 1
-    return run_id
+    yield f"{base}-{stamp}"
+    yield from (f"{base}-{stamp}-{n}" for n in itertools.count(2))
+
+
+def new_run_id(name: str, taken) -> str:
+    """The first candidate id `taken(id)` says is free (no claim: see RunStore.claim_run_id)."""
+    return next(run_id for run_id in candidate_run_ids(name) if not taken(run_id))
+
+
+class IndexEntry(BaseModel):
+    """A run's entry in the index. The claim token makes every entry's bytes unique, so a
+    writer that reads back an entry after a lost answer knows whether it is its own."""
+
+    name: str
+    created_at: str
+    claim: str = Field(default_factory=lambda: secrets.token_hex(8))
 
 
 class RunStore:
@@ -153,28 +178,75 @@ class RunStore:
             raise UserError(f"no run {run_id!r} (see `xwin runs`)")
         return record
 
+    def claim_run_id(self, name: str, created_at: str) -> str:
+        """A new run id, claimed by creating its index entry (create-if-absent): of two runs
+        started in the same second, one gets `<id>`, the other `<id>-2`. Ids of runs made before
+        (a record or a local folder without an entry) are skipped too."""
+        entry = IndexEntry(name=name, created_at=created_at).model_dump_json().encode()
+        for run_id in candidate_run_ids(name):
+            if self.run_dir(run_id).exists() or self.store.get_record(
+                    f"{RECORD_PREFIX}/{run_id}") is not None:
+                continue
+            try:
+                self.store.create_record(f"{INDEX_PREFIX}/{run_id}", entry)
+            except RecordConflict:
+                continue
+            return run_id
+        raise AssertionError("unreachable: candidate_run_ids never ends")
+
     def add_to_index(self, record: RunRecord) -> None:
-        index = self.index()
-        index[record.run_id] = {"name": record.name, "created_at": record.created_at}
-        self.store.put_record(INDEX_KEY, json.dumps(index, indent=1, sort_keys=True).encode())
+        """Make sure the run has its index entry (a run made before the per-run index gets
+        one when it is resumed); an entry already there is left as it is."""
+        entry = IndexEntry(name=record.name, created_at=record.created_at)
+        try:
+            self.store.create_record(f"{INDEX_PREFIX}/{record.run_id}",
+                                     entry.model_dump_json().encode())
+        except RecordConflict:
+            pass
 
     def index(self) -> dict[str, dict[str, Any]]:
-        data = self.store.get_record(INDEX_KEY)
-        return json.loads(data) if data else {}
+        """run id -> {"name", "created_at"}: the per-run entries, and the old single index."""
+        index: dict[str, dict[str, Any]] = {}
+        if data := self.store.get_record(LEGACY_INDEX_KEY):
+            try:
+                legacy = json.loads(data)
+            except ValueError:
+                legacy = None
+            if isinstance(legacy, dict):
+                index.update((k, v) for k, v in legacy.items()
+                             if isinstance(v, dict) and _RUN_ID.match(k))
+            else:
+                log.warning("ignoring the damaged run index %s", LEGACY_INDEX_KEY)
+        for key in self.store.list_records(f"{INDEX_PREFIX}/"):
+            run_id = key[len(INDEX_PREFIX) + 1:]
+            raw = self.store.get_record(key)
+            if not _RUN_ID.match(run_id) or raw is None:
+                continue
+            try:
+                index[run_id] = IndexEntry.model_validate_json(raw).model_dump(exclude={"claim"})
+            except ValidationError:
+                log.warning("ignoring the damaged run index entry %s", key)
+        return index
 
     def list_ids(self) -> list[str]:
         """Runs in the store's index and in the local workdir, oldest first."""
-        ids = set(self.index())
+        index = self.index()
+        ids = set(index)
         runs = self.workdir / "runs"
         if runs.is_dir():
             ids |= {p.name for p in runs.iterdir() if (p / "state.json").exists()}
-        return sorted(ids, key=lambda r: (self.index().get(r, {}).get("created_at", ""), r))
+        return sorted(ids, key=lambda r: (index.get(r, {}).get("created_at", ""), r))
 
     def latest(self) -> str:
-        ids = self.list_ids()
-        if not ids:
+        records = []
+        for run_id in self.list_ids():
+            try:
+                records.append(self.load(run_id))
+            except UserError:  # an id claimed by a run that died before its first record
+                continue
+        if not records:
             raise UserError("no runs yet")
-        return max(ids, key=lambda r: self.load(r).created_at)
+        return max(records, key=lambda r: r.created_at).run_id
 
 
 def controller_identity() -> dict[str, Any]:
