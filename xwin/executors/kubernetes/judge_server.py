@@ -19,6 +19,10 @@ created, and waited for until it has an available replica; while it waits, a pod
 pull its image or be scheduled is reported as the stage's problem, and given up on after the
 same grace times as stage pods. The server is deleted when the stage ends: succeeded, failed,
 cancelled (`cancel` deletes every judge server of the run).
+
+Under Kueue only the stage's Job is queued: the server is a plain Deployment, started before
+the Job and holding its GPUs while the Job waits for quota (give the judge-server profile a
+node pool outside the queue's quota, or an endpoint as judge.base_url).
 """
 
 from __future__ import annotations
