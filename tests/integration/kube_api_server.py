@@ -2,15 +2,18 @@
 executor is tested through its real client over real HTTP (no kube-apiserver ships for these
 machines; see ENVIRONMENT.md).
 
-Served: Jobs (create, get, list, watch, delete, merge-patch), Services, ConfigMaps and
-NetworkPolicies (create, get, list, delete), pods (list, log), events (list). Lists take equality label selectors and
-`metadata.name` / `involvedObject.name` field selectors. Watches are chunked JSON lines from a
-resourceVersion, end at timeoutSeconds, and can be told to break (`drop_next_watch_after`) or to
-answer 410 Gone (`expire_history`).
+Served: Jobs (create, get, list, watch, delete, merge-patch), Deployments, Services, ConfigMaps
+and NetworkPolicies (create, get, list, delete), pods (list, log), events (list). Lists take
+equality label selectors and `metadata.name` / `involvedObject.name` field selectors. Watches
+are chunked JSON lines from a resourceVersion, end at timeoutSeconds, and can be told to break
+(`drop_next_watch_after`) or to answer 410 Gone (`expire_history`).
 
 A scheduler thread per Job plays a kubelet and Job controller by a script chosen per stage
 (`server.scripts[stage]`): succeed, oom, user_error, image_pull, unschedulable, hang
-(until `complete_job`).
+(until `complete_job`). A Deployment (the judge server) gets its one pod by
+`server.deployment_scripts[stage]`: ready (after `deployment_ready_s`), image_pull,
+unschedulable, crash (CrashLoopBackOff), never (Running, never Ready). Deleting a Deployment
+deletes its pods.
 
 `spec.suspend` is honoured as the Job controller does: a suspended Job gets no pods and the
 condition Suspended; suspending a running one deletes its pods (no failure counted); resuming
@@ -37,11 +40,12 @@ FAILURES = {
     "user_error": (2, "Error", "error: train.jsonl line 3: messages: field required\n"),
 }
 _ROUTE = re.compile(
-    r"^/(?:api/v1|apis/batch/v1|apis/networking\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/"
-    r"(?P<kind>jobs|services|configmaps|networkpolicies|pods|events)"
+    r"^/(?:api/v1|apis/batch/v1|apis/apps/v1|apis/networking\.k8s\.io/v1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<kind>jobs|deployments|services|configmaps|networkpolicies|pods|events)"
     r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>log))?$"
 )
-_KIND = {"jobs": ("Job", "batch/v1"), "services": ("Service", "v1"),
+_KIND = {"jobs": ("Job", "batch/v1"), "deployments": ("Deployment", "apps/v1"),
+         "services": ("Service", "v1"),
          "configmaps": ("ConfigMap", "v1"), "pods": ("Pod", "v1"), "events": ("Event", "v1"),
          "networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1")}
 
@@ -61,6 +65,8 @@ class FakeKubeAPI:
         self.headers: list[dict[str, str]] = []  # each request's headers
         self.deletes: list[tuple[str, str, str | None]] = []  # (kind, name, propagationPolicy)
         self.scripts: dict[str, str] = {}  # stage -> script name; default "succeed"
+        self.deployment_scripts: dict[str, str] = {}  # stage -> script name; default "ready"
+        self.deployment_ready_s = 0.2  # how long a "ready" Deployment's pod takes to be Ready
         self.logs: dict[str, str] = {}  # pod name -> log text
         self._drop_after: int | None = None
         self.watch_epoch = 0  # bumping it breaks every open watch (an API server restart)
@@ -100,7 +106,7 @@ class FakeKubeAPI:
         """Let a `hang` Job's pods succeed."""
         job = self.get("jobs", ns, name)
         pods = [p for p in self.list("pods", ns)
-                if p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == name]
+                if p["metadata"]["labels"].get("batch.kubernetes.io/job-name") == name]
         for pod in pods:
             self.logs[pod["metadata"]["name"]] = "done\n"
             self._pod_phase(pod, "Succeeded", terminated={
@@ -152,6 +158,8 @@ class FakeKubeAPI:
             body.setdefault("apiVersion", api_version)
             body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now())
             created = self._put(kind, body, "ADDED")
+        if kind == "deployments":
+            threading.Thread(target=self._run_deployment, args=(ns, name), daemon=True).start()
         if kind == "jobs":
             if created["spec"].get("suspend"):
                 self._set_suspended(ns, name, True)
@@ -214,6 +222,8 @@ class FakeKubeAPI:
             self._put(kind, copy.deepcopy(obj), "DELETED")
             if kind == "jobs":
                 self._delete_pods(ns, name)
+            if kind == "deployments":
+                self._delete_deployment_pods(ns, obj)
             return 200, obj
 
     def _finish_foreground(self, ns: str, name: str) -> None:
@@ -228,6 +238,69 @@ class FakeKubeAPI:
             for pod in [o for (k, n, _), o in self.objects.items() if k == "pods" and n == ns
                         and o["metadata"]["labels"].get("batch.kubernetes.io/job-name") == job]:
                 self._put("pods", copy.deepcopy(pod), "DELETED")
+
+    def _delete_deployment_pods(self, ns: str, deployment: dict) -> None:
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        with self.lock:
+            for pod in [o for (k, n, _), o in self.objects.items() if k == "pods" and n == ns
+                        and selector.items() <= o["metadata"]["labels"].items()]:
+                self._put("pods", copy.deepcopy(pod), "DELETED")
+
+    # -- a Deployment controller and kubelet, by script ------------------------------------------
+
+    def _run_deployment(self, ns: str, name: str) -> None:
+        deployment = self.get("deployments", ns, name)
+        stage = deployment["metadata"]["labels"]["xwin.dev/stage"]
+        script = self.deployment_scripts.get(stage, "ready")
+        template = deployment["spec"]["template"]
+        pod = self._put("pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-7d9f8c6b5-{uuid.uuid4().hex[:5]}", "namespace": ns,
+                         "labels": {**template["metadata"]["labels"], "pod-template-hash": "7d9f8c6b5"},
+                         "uid": str(uuid.uuid4()), "creationTimestamp": now()},
+            "spec": copy.deepcopy(template["spec"]),
+            "status": {"phase": "Pending"},
+        }, "ADDED")
+        self._deployment_status(ns, name, replicas=1, unavailableReplicas=1)
+        time.sleep(STEP_S)
+        if script == "image_pull":
+            self._pod_waiting(pod, "ImagePullBackOff",
+                              f'Back-off pulling image "{template["spec"]["containers"][0]["image"]}"')
+            self._event(pod, "Failed", "Failed to pull image: manifest unknown")
+            return
+        if script == "unschedulable":
+            self._pod_condition(pod, "PodScheduled", "False", "Unschedulable",
+                                "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+            return
+        if script == "crash":
+            def crash(p):
+                p["status"]["phase"] = "Running"
+                p["status"]["containerStatuses"] = [{
+                    **container_status(pod, {"waiting": {"reason": "CrashLoopBackOff",
+                                                         "message": "back-off 40s restarting"}}),
+                    "restartCount": 3,
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                                 "startedAt": now(), "finishedAt": now()}}}]
+            self._update_pod(pod, crash)
+            return
+        self._pod_phase(pod, "Running", running={"startedAt": now()})
+        if script == "never":
+            return
+        time.sleep(self.deployment_ready_s)
+        self._deployment_status(ns, name, readyReplicas=1, availableReplicas=1,
+                                unavailableReplicas=None)
+
+    def _deployment_status(self, ns: str, name: str, **fields) -> None:
+        with self.lock:
+            deployment = self.objects.get(("deployments", ns, name))
+            if deployment is None:
+                return
+            deployment = copy.deepcopy(deployment)
+            st = deployment.setdefault("status", {})
+            st.update(fields)
+            for key in [k for k, v in st.items() if v is None]:
+                del st[key]
+            self._put("deployments", deployment, "MODIFIED")
 
     # -- the scheduler: a kubelet and a Job controller, by script --------------------------------
 

@@ -14,6 +14,7 @@ from kube_api_server import FakeKubeAPI
 from test_kube_executor import NS, SETTINGS, client_for, in_thread, stage_job, wait_for
 
 from xwin.executors.kubernetes.executor import KubernetesExecutor
+from xwin.executors.kubernetes.judge_server import judge_to_serve
 from xwin.executors.kubernetes.naming import job_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,18 @@ def used(tmp_path_factory) -> set[tuple[str, str, str]]:
         wait_for(lambda: api.get("jobs", NS, job_name("r1", "dpo", 1)) is not None)
         executor.cancel("r1")
         thread.join(10)
+        # a judged stage: its judge server made, waited for, deleted; adopted on resume
+        executor.judge_servers.poll_s = 0.02
+        judged = stage_job("eval", tmp, run_id="r2")
+        judged = judged.model_copy(update={"spec": judged.spec.model_copy(
+            update={"inputs": {"model:sft": "sft/abc", "judge": "prepare/abc#base_model"}})})
+        executor.run(judged)
+        executor.judge_servers.ensure(judged, judge_to_serve(judged))
+        api.scripts["eval"] = "hang"
+        thread, _ = in_thread(executor.run, judged)
+        wait_for(lambda: api.get("jobs", NS, job_name("r2", "eval", 1)) is not None)
+        executor.cancel("r2")
+        thread.join(10)
         return verbs_used(api)
     finally:
         api.close()
@@ -82,6 +95,7 @@ def test_the_scenarios_exercise_the_whole_executor(used):
     assert {("batch", "jobs", v) for v in ("create", "list", "watch", "delete")} <= used
     assert {("", "pods/log", "get"), ("", "events", "list"), ("", "configmaps", "create")} <= used
     assert {("networking.k8s.io", "networkpolicies", v) for v in ("create", "delete")} <= used
+    assert {("apps", "deployments", v) for v in ("create", "get", "list", "delete")} <= used
 
 
 @pytest.mark.parametrize("source", ["k8s/rbac.yaml", "chart"])

@@ -16,7 +16,9 @@ from test_k8s_manifests import CONTROLLER_RULES, assert_restricted, pod_specs, r
 
 from xwin.config import load_config
 from xwin.controller.jobs import planned_jobs, profiles_for
+from xwin.executors.kubernetes.judge_server import stage_manifests
 from xwin.executors.kubernetes.render import render_stage
+from xwin.executors.profiles import JUDGE_SERVER, load_judge_server_profile
 from xwin.stages.registry import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +200,28 @@ def test_notes_tell_how_to_follow_the_run(helm):
 
 def test_the_schema_knows_exactly_the_stages_of_the_stage_table():
     """The chart cannot read xwin/stages/registry.py: a stage added there must be added to the
-    `profiles` enum of values.schema.json too (in pipeline order), or helm refuses its profile."""
+    `profiles` enum of values.schema.json too (in pipeline order), or helm refuses its profile;
+    the judge server's profile follows the stages."""
     schema = json.loads((CHART / "values.schema.json").read_text())
-    assert schema["properties"]["profiles"]["propertyNames"]["enum"] == list(STAGE_NAMES)
+    assert schema["properties"]["profiles"]["propertyNames"]["enum"] == [*STAGE_NAMES, JUDGE_SERVER]
+
+
+def test_the_judge_server_profile_reaches_the_judge_server_xwin_renders(helm, tmp_path):
+    values = {"pipeline": {"run": {"name": "judged"}},
+              "profiles": {"judge-server": {"gpus": 1, "memory": "64Gi"}}}
+    objects = template(helm, "-f", values_file(tmp_path, values))
+    config = pipeline_of(objects, tmp_path)
+    profile = load_judge_server_profile(ROOT / "jobs", config.executor.profiles,
+                                        config.executor.images)
+    eval_job = next(j for j in planned_jobs(config, "judged-1") if j.stage == "eval")
+    docs = stage_manifests(eval_job, config.executor, "ml", profile)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert_restricted(pod)
+    assert pod["serviceAccountName"] == "demo-xwin-stage"
+    server = pod["containers"][0]
+    assert server["image"] == "xwin-sampler:dev"
+    assert server["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "1"}
+    assert deployment["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"

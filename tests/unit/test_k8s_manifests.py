@@ -27,6 +27,7 @@ CONTROLLER_RULES = {
     ("", "configmaps"): {"create", "get", "delete"},
     ("", "events"): {"list"},
     ("networking.k8s.io", "networkpolicies"): {"create", "delete"},
+    ("apps", "deployments"): {"create", "get", "list", "delete"},
 }
 
 
@@ -129,11 +130,33 @@ def test_render_of_the_7b_example_gives_valid_gpu_jobs():
     assert shape("sample") == (8, 8, "2")
     assert shape("score") == (4, 4, "1")
     assert shape("select") == (1, 1, None)
-    services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
+    stage_objects = [o for o in objects
+                     if o["metadata"]["labels"]["app.kubernetes.io/component"] == "stage"]
+    services = {o["metadata"]["name"] for o in stage_objects if o["kind"] == "Service"}
     assert services == {jobs[s]["metadata"]["name"] for s in ("sft", "rm", "rs", "dpo")}
-    policies = {o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"}
+    policies = {o["metadata"]["name"] for o in stage_objects if o["kind"] == "NetworkPolicy"}
     assert policies == {jobs[s]["metadata"]["name"] for s in ("sft", "rm", "rs", "dpo")
                         if jobs[s]["spec"]["completions"] > 1}
+    # eval's judge (no base_url) is served by its own GPU pod, rendered before the eval Job
+    judge = [o for o in objects
+             if o["metadata"]["labels"]["app.kubernetes.io/component"] == "judge-server"]
+    assert [(o["kind"], o["metadata"]["labels"]["xwin.dev/stage"]) for o in judge] == [
+        ("NetworkPolicy", "eval"), ("Service", "eval"), ("Deployment", "eval")]
+    assert objects.index(judge[-1]) < objects.index(jobs["eval"])
+    server = judge[2]["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--gpu-memory-utilization 0.9" in " ".join(server["args"])
+    assert_restricted(judge[2]["spec"]["template"]["spec"])
+    eval_spec = next(yaml.safe_load(o["data"]["spec.yaml"]) for o in objects
+                     if o["kind"] == "ConfigMap" and o["metadata"]["name"] == jobs["eval"]["metadata"]["name"])
+    name = judge[1]["metadata"]["name"]
+    assert eval_spec["config"]["judge"]["base_url"] == f"http://{name}.xwin.svc:8000/v1"
+    ingress = judge[0]["spec"]["ingress"][0]
+    assert ingress["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "xwin", "app.kubernetes.io/component": "stage",
+        "xwin.dev/run": "xwin-7b"}}}]
+    assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert judge[0]["spec"]["policyTypes"] == ["Ingress"]  # egress open: the model comes from S3
     for job in jobs.values():  # queued in Kueue: suspended until admitted
         assert job["spec"]["suspend"] is True
         assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "xwin-gpu"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xwin.core.errors import ConfigError
-from xwin.executors.profiles import load_profiles
+from xwin.executors.profiles import JUDGE_SERVER, load_judge_server_profile, load_profiles
 from xwin.stages.registry import STAGE_NAMES, STAGES
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -84,3 +84,22 @@ def test_ordinary_variables_stay_literal_and_secrets_are_references(tmp_path):
         assert (ref.secret, ref.key, ref.optional) == ("xwin-judge", "api-key", True)
     with pytest.raises(ConfigError, match=r"secret_env.HF_TOKEN.key"):
         load_profiles(JOBS, {"eval": {"secret_env": {"HF_TOKEN": {"secret": "hf"}}}})
+def test_the_judge_server_profile_is_the_sampler_image_from_its_file_and_overrides(tmp_path):
+    server = load_judge_server_profile(JOBS)
+    assert (server.kind, server.image, server.gpus) == ("single", "xwin-sampler:dev", 0)
+    assert server.memory == "6Gi"  # jobs/judge-server.yaml, not the JobProfile default
+    gpu = load_judge_server_profile(JOBS, {JUDGE_SERVER: {"gpus": 1, "memory": "64Gi"}},
+                                    {"sampler": "reg/xwin-sampler:1"})
+    assert (gpu.gpus, gpu.memory, gpu.cpu, gpu.image) == (1, "64Gi", server.cpu, "reg/xwin-sampler:1")
+    assert load_judge_server_profile("/nonexistent/jobs").image == "xwin-sampler:dev"
+    # its file and override are no strays of the stage profiles
+    assert set(load_profiles(JOBS, {JUDGE_SERVER: {"gpus": 1}})) == set(STAGE_NAMES)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"gpus": -1}, r"judge-server.yaml \+ executor.profiles.judge-server \[judge-server\]"),
+    ({"kind": "sharded"}, "kind must be single"),
+])
+def test_a_bad_judge_server_profile_names_its_source(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_judge_server_profile(JOBS, {JUDGE_SERVER: fields})

@@ -27,18 +27,24 @@ def render(
         "(needs the kubernetes-validate package)",
     )] = None,
 ) -> None:
-    """Print the ConfigMaps, headless Services and Jobs of every stage the run would execute
-    (as if the store were empty) as one multi-document YAML stream."""
+    """Print the ConfigMaps, headless Services, NetworkPolicies and Jobs of every stage the run
+    would execute (as if the store were empty), with the judge server (Deployment, Service,
+    NetworkPolicy) of a judged stage whose judge has no base_url, as one multi-document YAML
+    stream."""
     from xwin.config import load_config
     from xwin.controller.jobs import planned_jobs
     from xwin.core.errors import UserError
-    from xwin.executors.kubernetes.render import dump_manifests, render_stage
+    from xwin.executors.kubernetes.judge_server import stage_manifests
+    from xwin.executors.kubernetes.render import dump_manifests
+    from xwin.executors.profiles import load_judge_server_profile
 
     try:
         pipeline = load_config(config, set_)
         jobs = planned_jobs(pipeline, run_id or pipeline.run.name, stages=stage or None)
         ns = namespace or pipeline.executor.namespace
-        docs = [d for job in jobs for d in render_stage(job, pipeline.executor, ns).to_dicts()]
+        ex = pipeline.executor
+        judge_profile = load_judge_server_profile(ex.profiles_dir, ex.profiles, ex.images)
+        docs = [d for job in jobs for d in stage_manifests(job, ex, ns, judge_profile)]
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

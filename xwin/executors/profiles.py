@@ -70,6 +70,10 @@ class JobProfile(StrictModel):
 # The images a stage's row can name (its `image`); `executor.images` replaces them.
 DEFAULT_IMAGES: dict[str, str] = {"trainer": "xwin-trainer:dev", "sampler": "xwin-sampler:dev"}
 
+# Not a stage: the profile of the vLLM judge server an eval or annotate stage gets on Kubernetes
+# (jobs/judge-server.yaml, executor.profiles.judge-server); it runs the sampler image.
+JUDGE_SERVER = "judge-server"
+
 
 def load_profiles(
     profiles_dir: str | Path | None = None,
@@ -82,18 +86,19 @@ def load_profiles(
     A missing folder means defaults (a local run started outside the repository needs none);
     a bad file or an override for an unknown stage is an error naming it."""
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(STAGE_NAMES))
+    unknown = sorted(set(overrides) - set(STAGE_NAMES) - {JUDGE_SERVER})
     if unknown:
         raise ConfigError(
             f"executor.profiles: unknown stage(s) {', '.join(unknown)}; stages are: "
-            f"{', '.join(STAGE_NAMES)}"
+            f"{', '.join(STAGE_NAMES)} (and {JUDGE_SERVER})"
         )
     folder = Path(profiles_dir) if profiles_dir is not None else None
     if folder is not None and not folder.is_dir():
         log.info("no Job profile folder %s; using default profiles", folder)
         folder = None
     if folder is not None:
-        strays = sorted(p.name for p in folder.glob("*.yaml") if p.stem not in STAGE_NAMES)
+        strays = sorted(p.name for p in folder.glob("*.yaml")
+                        if p.stem not in STAGE_NAMES and p.stem != JUDGE_SERVER)
         if strays:
             raise ConfigError(f"{folder}: {', '.join(strays)} name no stage; stages are: "
                               f"{', '.join(STAGE_NAMES)}")
@@ -110,6 +115,29 @@ def load_profiles(
             source += f" + executor.profiles.{stage}"
         profiles[stage] = _validated(stage, fields, source)
     return profiles
+
+
+def load_judge_server_profile(
+    profiles_dir: str | Path | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    images: Mapping[str, str] | None = None,
+) -> JobProfile:
+    """The judge server's profile, layered as a stage's: the sampler image (vLLM) <
+    jobs/judge-server.yaml < overrides["judge-server"]. Its kind is always single (one pod)."""
+    fields: dict[str, Any] = {"kind": "single",
+                              "image": {**DEFAULT_IMAGES, **(images or {})}["sampler"]}
+    source = "defaults"
+    path = Path(profiles_dir) / f"{JUDGE_SERVER}.yaml" if profiles_dir is not None else None
+    if path is not None and path.is_file():
+        fields.update(load_yaml(path))
+        source = str(path)
+    if JUDGE_SERVER in (overrides or {}):
+        fields.update(overrides[JUDGE_SERVER])
+        source += f" + executor.profiles.{JUDGE_SERVER}"
+    profile = _validated(JUDGE_SERVER, fields, source)
+    if profile.kind != "single":
+        raise ConfigError(f"{source} [{JUDGE_SERVER}]: kind must be single (one server pod)")
+    return profile
 
 
 def _validated(stage: str, fields: dict[str, Any], source: str) -> JobProfile:

@@ -13,7 +13,8 @@ from xwin.core.config import StrictModel
 
 
 class LocalServerConfig(StrictModel):
-    """A vLLM OpenAI-compatible server started for the judge model when no base_url is set.
+    """A vLLM OpenAI-compatible server started for the judge model when no base_url is set
+    (on Kubernetes: these are the flags of the judge server pod; `port` does not apply there).
     The defaults are safe on a CPU; on a GPU set kv_cache_gib: null and
     gpu_memory_utilization: 0.9, enforce_eager: false."""
 
@@ -35,13 +36,32 @@ class LocalServerConfig(StrictModel):
     extra_args: list[str] = Field(default_factory=list, description="more vLLM server flags")
 
 
+def vllm_server_flags(served_name: str, cfg: LocalServerConfig, dtype: str) -> list[str]:
+    """The engine flags of the judge server, the same for the local process (judge/server.py)
+    and the cluster's Deployment (xwin.executors.kubernetes.judge_server): only where it
+    listens differs. Here, with the config, so the controller builds them without torch."""
+    flags = ["--served-model-name", served_name, "--dtype", dtype,
+             "--max-model-len", str(cfg.max_model_len), "--seed", str(cfg.seed),
+             "--disable-log-stats", "--uvicorn-log-level", "warning"]
+    if cfg.enforce_eager:
+        flags.append("--enforce-eager")
+    if cfg.kv_cache_gib is not None:
+        flags += ["--kv-cache-memory-bytes", str(int(cfg.kv_cache_gib * 2**30))]
+    if cfg.gpu_memory_utilization is not None:
+        flags += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    if cfg.max_num_seqs is not None:
+        flags += ["--max-num-seqs", str(cfg.max_num_seqs)]
+    return flags + list(cfg.extra_args)
+
+
 class JudgeConfig(StrictModel):
     """An OpenAI-compatible chat endpoint that grades answers. Leave base_url unset to serve
     the judge model (input `judge`, or model_path) with a local vLLM server for the stage's
     lifetime; set it to use a hosted model (e.g. https://api.openai.com/v1, model gpt-4o)."""
 
     base_url: str | None = Field(
-        None, description="external endpoint ending in /v1; unset: start a local vLLM server"
+        None, description="external endpoint ending in /v1; unset: start a local vLLM server "
+        "(on Kubernetes: the controller runs it as a Deployment + Service, profile judge-server)"
     )
     model: str | None = Field(
         None, description="model name sent to the endpoint (required with base_url); for the "

@@ -1,7 +1,8 @@
 """A local vLLM OpenAI-compatible server for the judge model, alive for one stage: started as
 its own process group, ready once /v1/models lists the model, stopped (terminate, then kill)
-on exit, errors included. On a cluster the same server runs as a Deployment + Service and the
-stage only gets its base_url."""
+on exit, errors included. On Kubernetes the controller runs the same server (the same engine
+flags, `vllm_server_flags`) as a Deployment + Service for the stage and the stage only gets its
+base_url (xwin.executors.kubernetes.judge_server)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing_extensions import Self
 
 from xwin.core.hardware import resolve_dtype
 from xwin.core.net import free_port
-from xwin.judge.config import LocalServerConfig
+from xwin.judge.config import LocalServerConfig, vllm_server_flags
 from xwin.models.device import vllm_cpu_env
 
 log = logging.getLogger(__name__)
@@ -30,20 +31,9 @@ class ServerStartError(RuntimeError):
 
 
 def vllm_server_command(model_path: Path, served_name: str, port: int, cfg: LocalServerConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(model_path), "--served-model-name", served_name,
-           "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", resolve_dtype(cfg.dtype), "--max-model-len", str(cfg.max_model_len),
-           "--seed", str(cfg.seed), "--disable-log-stats", "--uvicorn-log-level", "warning"]
-    if cfg.enforce_eager:
-        cmd.append("--enforce-eager")
-    if cfg.kv_cache_gib is not None:
-        cmd += ["--kv-cache-memory-bytes", str(int(cfg.kv_cache_gib * 2**30))]
-    if cfg.gpu_memory_utilization is not None:
-        cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
-    if cfg.max_num_seqs is not None:
-        cmd += ["--max-num-seqs", str(cfg.max_num_seqs)]
-    return cmd + list(cfg.extra_args)
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
+            *vllm_server_flags(served_name, cfg, resolve_dtype(cfg.dtype))]
 
 
 class VllmServer:

@@ -112,3 +112,10 @@ capabilities:
 {{- $_ := set $cfg "executor" $executor -}}
 {{- toYaml $cfg -}}
 {{- end -}}
+
+{{/* The run id: the release name and the pipeline config's digest. A replaced controller pod
+(the same config) continues the same run; a changed config is a new run, which reuses the
+finished stages whose keys still match. */}}
+{{- define "xwin.runId" -}}
+{{- .Values.controller.runId | default (printf "%s-%s" .Release.Name (include "xwin.pipelineConfig" . | sha256sum | trunc 8)) -}}
+{{- end }}

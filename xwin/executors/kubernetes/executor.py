@@ -8,8 +8,12 @@ created through the official client and followed with a resumable watch until th
 - Retries are the controller's: the Job itself retries pods only as its profile says.
 - Logs of every pod are fetched into the attempt's log folder when the Job ends.
 - `cancel(run_id)` deletes the run's Jobs (pods go with them) and their Services/ConfigMaps/
-  NetworkPolicies; `adopt(job)` follows a Job that a previous controller created instead of
-  creating another.
+  NetworkPolicies, and its judge servers; `adopt(job)` follows a Job that a previous controller
+  created instead of creating another.
+- An eval or annotate stage whose judge has no base_url gets a vLLM judge server (a Deployment
+  + Service, `judge_server.py`) before its Job is created: adopted if one of the run and stage
+  exists, else created, waited for, its URL put into the stage's spec as `judge.base_url`, and
+  deleted when the stage ends however it ends.
 - Under Kueue (`executor.kubernetes.queue`) a Job starts suspended. Suspended and never run:
   "pending quota (Kueue)"; unsuspended: "admitted by Kueue"; suspended again after it ran:
   "preempted by Kueue". Kueue's preemption deletes the pods through the Job's own suspension,
@@ -25,7 +29,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +40,14 @@ from kubernetes.client.exceptions import ApiException
 
 from xwin.executors.base import Executor, StageJob, StageResult
 from xwin.executors.kubernetes import diagnose
+from xwin.executors.kubernetes.judge_server import (
+    JudgeServerError,
+    JudgeServers,
+    JudgeToServe,
+    RenderedJudgeServer,
+    judge_to_serve,
+    with_judge_endpoint,
+)
 from xwin.executors.kubernetes.naming import (
     JOB_NAME_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -48,6 +61,7 @@ from xwin.executors.kubernetes.naming import (
 from xwin.executors.kubernetes.render import CONTAINER, RenderedStage, render_stage
 from xwin.executors.kubernetes.settings import KubernetesConfig
 from xwin.executors.kubernetes.watch import ResumableWatch, call, is_transient
+from xwin.executors.profiles import DEFAULT_IMAGES, JobProfile, load_judge_server_profile
 
 log = logging.getLogger(__name__)
 QUEUE_PENDING = "pending quota (Kueue)"
@@ -74,11 +88,13 @@ class KubernetesExecutor(Executor):
     def __init__(self, namespace: str, settings: KubernetesConfig | None = None,
                  api_client: k8s.ApiClient | None = None,
                  on_problem: Callable[[StageJob, str], None] | None = None,
-                 on_queue: Callable[[StageJob, str], None] | None = None):
+                 on_queue: Callable[[StageJob, str], None] | None = None,
+                 judge_server_profile: JobProfile | None = None):
         """on_problem(job, reason) is called once per new trouble of a running stage (a pod
-        unschedulable, pulling its image in vain), for `xwin status` to show; on_queue(job,
-        state) at each change of its Kueue state (QUEUE_PENDING, QUEUE_ADMITTED,
-        QUEUE_PREEMPTED)."""
+        unschedulable, pulling its image in vain; its judge server's too), for `xwin status`
+        to show; on_queue(job, state) at each change of its Kueue state (QUEUE_PENDING,
+        QUEUE_ADMITTED, QUEUE_PREEMPTED). judge_server_profile: the judge server's pod
+        (default: the sampler image, the JobProfile defaults)."""
         self.namespace = namespace
         self.settings = settings or KubernetesConfig()
         self.api_client = api_client or api_client_from_environment()
@@ -89,11 +105,17 @@ class KubernetesExecutor(Executor):
         self.on_queue = on_queue
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self.judge_servers = JudgeServers(
+            namespace, self.settings,
+            judge_server_profile or JobProfile(image=DEFAULT_IMAGES["sampler"]), self.api_client)
 
     @classmethod
     def from_config(cls, executor_config, **kwargs) -> KubernetesExecutor:
         """From the pipeline's `executor` section."""
-        return cls(executor_config.namespace, executor_config.kubernetes, **kwargs)
+        profile = load_judge_server_profile(executor_config.profiles_dir,
+                                            executor_config.profiles, executor_config.images)
+        return cls(executor_config.namespace, executor_config.kubernetes,
+                   judge_server_profile=profile, **kwargs)
 
     # -- the Executor interface ---------------------------------------------------------------
 
@@ -104,12 +126,50 @@ class KubernetesExecutor(Executor):
                                "not share a local folder)")
         if self._is_cancelled(job.run_id):
             return StageResult(status="cancelled", reason="run cancelled")
+        if (judge := judge_to_serve(job)) is None:
+            return self._run_stage(job)
+        with self._judge_server_for_the_stage(job):
+            try:
+                served = self._start_judge_server(job, judge)
+                if served is None:
+                    return StageResult(status="cancelled", reason="run cancelled")
+                return self._run_stage(with_judge_endpoint(job, served.base_url, judge.served_name))
+            except JudgeServerError as e:
+                return StageResult(status="failed", reason=str(e), permanent=e.permanent)
+
+    @contextmanager
+    def _judge_server_for_the_stage(self, job: StageJob) -> Iterator[None]:
+        """Deletes the stage's judge server when the stage ends: it succeeds, fails or is
+        cancelled. Left running when the controller detaches (a signal: a BaseException) or
+        loses the API server (a transient error): the stage Job still runs and calls it, and
+        the controller that adopts the Job adopts the server too."""
+        try:
+            yield
+        except Exception as e:
+            if not is_transient(e):
+                self.judge_servers.delete(job.run_id, job.stage)
+            raise
+        self.judge_servers.delete(job.run_id, job.stage)
+
+    def _run_stage(self, job: StageJob) -> StageResult:
         rendered = render_stage(job, self.settings, self.namespace)
         created = self._create(rendered)
         self.last_answer = time.monotonic()
         log.info("%s: %s job %s/%s", job.stage, "created" if created else "adopted existing",
                  self.namespace, rendered.name)
         return self._follow(job, rendered.name)
+
+    def _start_judge_server(self, job: StageJob, judge: JudgeToServe) -> RenderedJudgeServer | None:
+        """The stage's judge server, created or adopted, once it is ready; None: cancelled."""
+        served = self.judge_servers.ensure(job, judge)
+        on_problem = None
+        if self.on_problem is not None:
+            def on_problem(reason: str) -> None:
+                self.on_problem(job, reason)
+        ready = self.judge_servers.wait_ready(job, served.name, judge.server.startup_timeout_s,
+                                              on_problem=on_problem,
+                                              cancelled=lambda: self._is_cancelled(job.run_id))
+        return served if ready else None
 
     def adopt(self, job: StageJob) -> StageResult | None:
         name = job_name(job.run_id, job.stage, job.attempt)
@@ -120,12 +180,25 @@ class KubernetesExecutor(Executor):
         if not found:
             return None
         existing = next((j for j in found if j.metadata.name == name), found[0])
-        if existing.metadata.name == name and job.spec.store.kind == "s3":
-            # A controller that died right after creating the Job may not have made its
-            # ConfigMap and Service yet; without them the pods would wait forever.
-            self._create_owned(render_stage(job, self.settings, self.namespace), existing)
-        log.info("%s: adopting job %s/%s", job.stage, self.namespace, existing.metadata.name)
-        return self._follow(job, existing.metadata.name)
+        judge = judge_to_serve(job) if job.spec.store.kind == "s3" else None
+        with self._judge_server_for_the_stage(job) if judge is not None else nullcontext():
+            try:
+                if judge is not None:
+                    # The Job's pods call the server its predecessor started: adopt it (or start
+                    # it again, if it is gone), and wait for it as a new run would.
+                    served = self._start_judge_server(job, judge)
+                    if served is None:
+                        return StageResult(status="cancelled", reason="run cancelled")
+                    job = with_judge_endpoint(job, served.base_url, judge.served_name)
+                if existing.metadata.name == name and job.spec.store.kind == "s3":
+                    # A controller that died right after creating the Job may not have made its
+                    # ConfigMap and Service yet; without them the pods would wait forever.
+                    self._create_owned(render_stage(job, self.settings, self.namespace), existing)
+                log.info("%s: adopting job %s/%s", job.stage, self.namespace, existing.metadata.name)
+                return self._follow(job, existing.metadata.name)
+            except JudgeServerError as e:
+                self._delete_stage_objects(existing.metadata.name)  # its judge requests would fail
+                return StageResult(status="failed", reason=str(e), permanent=e.permanent)
 
     def unreachable(self, error: BaseException) -> str | None:
         return "Kubernetes API unreachable" if is_transient(error) else None
@@ -136,6 +209,7 @@ class KubernetesExecutor(Executor):
         selector = f"{LABEL_APP}=xwin,{LABEL_RUN}={run_label(run_id)}"
         for found in call(self.batch.list_namespaced_job, self.namespace, label_selector=selector).items:
             self._delete_stage_objects(found.metadata.name)
+        self.judge_servers.delete_run(run_id)
 
     # -- creating --------------------------------------------------------------------------------
 

@@ -42,6 +42,12 @@ def job_name(run_id: str, stage: str, attempt: int) -> str:
     return f"{run}{tail}" if run.startswith("xwin") else f"xwin-{run}{tail}"
 
 
+def judge_server_name(run_id: str, stage: str) -> str:
+    """`xwin-<run>-<stage>-judge`: the Deployment, Service and NetworkPolicy of the judge server
+    a stage uses. One per (run, stage), not per attempt: a resumed run finds it by name."""
+    return job_name(run_id, stage, 0).removesuffix("-0") + "-judge"
+
+
 def stage_labels(run_id: str, stage: str, attempt: int) -> dict[str, str]:
     return {
         LABEL_APP: "xwin",
@@ -57,3 +63,13 @@ def master_addr(name: str, namespace: str) -> str:
     return f"{name}-0.{name}.{namespace}.svc"
 
 
+
+
+def judge_server_labels(run_id: str, stage: str) -> dict[str, str]:
+    """The judge server's objects and pods; the labels a resumed run finds them by."""
+    return {
+        LABEL_APP: "xwin",
+        LABEL_COMPONENT: "judge-server",
+        LABEL_RUN: run_label(run_id),
+        LABEL_STAGE: stage,
+    }
