@@ -56,8 +56,12 @@ images: ## build the trainer, sampler and controller images (needs docker)
 	docker build -f images/sampler.Dockerfile -t xwin-sampler:dev .
 	docker build -f images/controller.Dockerfile -t xwin-controller:dev .
 
+# LOCK_ARGS="--upgrade": every package to the newest version its inputs allow, not only what an
+# input change forces; LOCK_ARGS="--lock trainer": one lock.
+LOCK_ARGS ?=
+
 locks: install ## resolve the images' lock files, hashes included (requirements/locks/, uv; needs PyPI)
-	$(BIN)/python requirements/locks.py compile
+	$(BIN)/python requirements/locks.py compile $(LOCK_ARGS)
 
 check-locks: install ## prove each image lock resolves to itself from PyPI and base images are pinned by digest
 	$(BIN)/python requirements/locks.py check

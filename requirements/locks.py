@@ -16,12 +16,13 @@ package's requirements), when the result and the lock differ (a dependency the l
 entry nothing needs: run `make locks`), or when a hash in the lock is no file of that version on
 the index. Bad lock files (a line without an exact pin or hash) exit 2 naming file and line.
 
-Usage: python requirements/locks.py {compile,check} [--lock NAME ...] [--root DIR]
+Usage: python requirements/locks.py {compile [--upgrade],check} [--lock NAME ...] [--root DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -199,18 +200,28 @@ def lock_path(root: Path, lock: LockSpec) -> Path:
     return root / "requirements" / "locks" / f"{lock.name}.txt"
 
 
-def compile_locks(root: Path, settings: Settings, locks: tuple[LockSpec, ...]) -> int:
-    """Write each lock; a failed resolution leaves the old lock file as it was."""
+def compile_locks(root: Path, settings: Settings, locks: tuple[LockSpec, ...], upgrade: bool = False) -> int:
+    """Write each lock; a failed resolution leaves the old lock file as it was.
+
+    uv keeps the versions of the output file it is given wherever the inputs still allow them,
+    so a re-lock changes only what an input change forces; `upgrade` re-resolves everything to
+    the newest versions the inputs allow.
+    """
     for lock in locks:
         target = lock_path(root, lock)
         with tempfile.TemporaryDirectory() as scratch:
             staged = Path(scratch) / target.name
+            if target.exists() and not upgrade:
+                shutil.copyfile(target, staged)
             done = uv_compile(root, settings, lock, staged)
             if done.returncode != 0:
                 print(f"locks: {lock.name}: resolution failed\n{done.stderr}", file=sys.stderr)
                 return 1
             parse_lock(staged)  # what we write, check_locks and pip --require-hashes can read
-            shutil.copyfile(staged, target)
+            # beside the target, then renamed over it: a reader never sees half a lock
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.copyfile(staged, partial)
+            os.replace(partial, target)
         print(f"locks: {target.relative_to(root)}: {len(parse_lock(target))} packages")
     return 0
 
@@ -283,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["compile", "check"])
     parser.add_argument("--lock", action="append", help="only this lock (repeatable; default: all)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository root")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="compile: newest versions the inputs allow, not the current lock's")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     try:
@@ -292,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BadLock(f"{root / TABLE}: no lock named {', '.join(unknown)} (known: {', '.join(known)})")
         locks = tuple(known[name] for name in args.lock) if args.lock else settings.locks
         if args.command == "compile":
-            return compile_locks(root, settings, locks)
+            return compile_locks(root, settings, locks, upgrade=args.upgrade)
         return check_locks(root, settings, locks)
     except BadLock as error:
         print(f"locks: {error}", file=sys.stderr)

@@ -76,9 +76,9 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path, hashes
 
 
-def run(root: Path, command: str) -> subprocess.CompletedProcess:
+def run(root: Path, command: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "UV_CACHE_DIR": str(root / "uv-cache")}  # nothing cached from another test
-    return subprocess.run([sys.executable, str(SCRIPT), command, "--root", str(root)],
+    return subprocess.run([sys.executable, str(SCRIPT), command, "--root", str(root), *args],
                           capture_output=True, text=True, timeout=120, check=False, env=env)
 
 
@@ -91,6 +91,12 @@ def compiled(project) -> Path:
     done = run(root, "compile")
     assert done.returncode == 0, done.stderr
     return lock_file(root)
+
+
+def pin_beta_1(path: Path, hashes: dict[str, str]) -> None:
+    """The lock as if written when beta 1.0 was the newest: still valid (alpha needs beta>=1.0)."""
+    text = path.read_text().replace("beta==2.0", "beta==1.0")
+    path.write_text(text.replace(hashes["beta==2.0"], hashes["beta==1.0"]))
 
 
 def test_compile_pins_every_package_with_the_hash_of_its_file(project):
@@ -122,8 +128,7 @@ def test_check_fails_on_a_version_the_index_does_not_have(project):
 def test_check_fails_on_a_pin_that_contradicts_a_requirement(project):
     root, hashes = project
     path = compiled(project)
-    text = path.read_text().replace("beta==2.0", "beta==1.0").replace(hashes["beta==2.0"], hashes["beta==1.0"])
-    path.write_text(text)
+    pin_beta_1(path, hashes)
     assert run(root, "check").returncode == 0  # beta 1.0 satisfies alpha's beta>=1.0: a valid lock
     (root / "requirements" / "locks" / "app.in").write_text("alpha\nbeta>=2\n")  # now it does not
     done = run(root, "check")
@@ -179,6 +184,18 @@ def test_a_lock_line_that_is_not_an_exact_hashed_pin_exits_2_naming_file_and_lin
     done = run(root, "check")
     assert done.returncode == 2
     assert f"app.txt:2: {reason}" in done.stderr
+
+
+def test_a_relock_keeps_the_locked_versions_unless_told_to_upgrade(project):
+    root, hashes = project
+    path = compiled(project)
+    pin_beta_1(path, hashes)
+    (root / "requirements" / "locks" / "app.in").write_text("alpha\ngamma\n")  # an input change
+    assert run(root, "compile").returncode == 0
+    pins = locks.parse_lock(path)
+    assert {name: pin.version for name, pin in pins.items()} == {"alpha": "1.0", "beta": "1.0", "gamma": "1.0"}
+    assert run(root, "compile", "--upgrade").returncode == 0
+    assert locks.parse_lock(path)["beta"].version == "2.0"
 
 
 def test_a_failed_compile_leaves_the_old_lock_as_it_was(project):
