@@ -20,7 +20,7 @@ RUN groupadd --gid 10001 xwin \
 
 WORKDIR /opt/xwin
 COPY requirements/locks/controller.txt requirements/locks/controller.txt
-RUN pip install --require-hashes --no-deps -r requirements/locks/controller.txt && pip check
+RUN pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/controller.txt && pip check
 COPY pyproject.toml README.md ./
 COPY xwin xwin
 COPY jobs jobs

