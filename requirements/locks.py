@@ -1,8 +1,8 @@
 """The images' dependency locks: `make locks` writes them, `make check-locks` (CI) proves they resolve.
 
 Each image installs its Python packages from one lock file, `pip install --require-hashes --no-deps
--r requirements/locks/NAME.txt`: an exact version and the sha256 hashes of every package, torch,
-vLLM and the NVIDIA CUDA wheels included. requirements/locks/locks.toml lists the locks, their
+--no-build-isolation -r requirements/locks/NAME.txt`: an exact version and the sha256 hashes of
+every package, torch, vLLM and the NVIDIA CUDA wheels included. requirements/locks/locks.toml lists the locks, their
 inputs and the platform they are resolved for.
 
 The resolver is uv (`uv pip compile --generate-hashes`): it resolves for a target platform
