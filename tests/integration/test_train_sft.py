@@ -42,6 +42,7 @@ def assert_tracked(uri: str, experiment: str, steps: list[dict]) -> None:
     """The MLflow run of the stage holds every logged loss."""
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads file stores only when asked
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["xwin.stage"] == "sft"
