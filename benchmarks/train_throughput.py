@@ -88,6 +88,7 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
     from xwin.train.pairs import PairCollator, tokenize_pairs
     from xwin.train.sft import sft_step
     from xwin.train.sft_config import SftConfig
+    from xwin.train.tracking import JsonlSink, Tracker
 
     place = locate_process({})
     device = init_distributed(place)
@@ -118,7 +119,9 @@ def ours(kind: str, model_dir: Path, args, workdir: Path) -> tuple[float, float]
     model = load_causal_lm(model_dir, "bfloat16" if args.bf16 else "float32")
     model.config.use_cache = False
     task = TrainTask(kind, model, examples, [], [len(e) for e in examples], collate, timed_step)
-    train(task, config, place, device, metrics_path=workdir / f"{kind}-metrics.jsonl", prepare=prepare)
+    tracker = Tracker([JsonlSink(workdir / f"{kind}-metrics.jsonl")])  # no TensorBoard: it is not what is timed
+    train(task, config, place, device, tracker=tracker, prepare=prepare)
+    tracker.close()
     tokens = sum(len(e) for e in examples) / len(examples)
     return clock.examples_per_s(args.batch, args.warmup), tokens
 

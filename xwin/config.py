@@ -1,5 +1,6 @@
 """The pipeline config: a YAML file, overridden by XWIN_* environment variables, overridden by
-`--set section.field=value`. Sections `run`, `store` and `executor`, then one section per row of
+`--set section.field=value`. Sections `run`, `store`, `executor` and `tracking` (the default of
+every training stage's `tracking`), then one section per row of
 the stage table, typed by the row's config class (kept beside the code that reads it, as TRL
 keeps `dpo_config.py` beside `dpo_trainer.py`).
 
@@ -28,6 +29,7 @@ from xwin.core.errors import ConfigError
 from xwin.executors.kubernetes.settings import KubernetesConfig
 from xwin.executors.profiles import DEFAULT_IMAGES
 from xwin.stages.registry import STAGES
+from xwin.train.config import TrackingConfig
 
 __all__ = ["ConfigError", "PipelineConfig", "RunConfig", "ExecutorConfig", "load_config"]
 
@@ -128,6 +130,20 @@ class _PipelineSettings(BaseSettings):
     run: RunConfig = Field(default_factory=RunConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="experiment trackers (MLflow, W&B) of every training stage whose own section sets none",
+    )
+
+    @model_validator(mode="after")
+    def _trainers_default_to_the_pipeline_tracking(self):
+        """A training stage whose section sets no `tracking` takes the pipeline's; resolved here,
+        once, so the run record (and so `xwin resume`) holds each stage's own."""
+        for stage in STAGES:
+            section = getattr(self, stage.name, None)
+            if stage.trains and section is not None and "tracking" not in section.model_fields_set:
+                section.tracking = self.tracking.model_copy(deep=True)
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, **_):

@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from train_support import committed, history, run_workers, write_spec, write_word_pairs
+from train_support import assert_hub_artifact, committed, history, run_workers, write_spec, write_word_pairs
 from transformers import AutoModelForCausalLM
 
 TINY = {"learning_rate": 1e-3, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 128,
@@ -18,8 +18,8 @@ TINY = {"learning_rate": 1e-3, "micro_batch_size": 4, "gradient_accumulation_ste
 
 def test_dpo_on_two_processes_with_precomputed_reference(tmp_path, tiny_model_dir):
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=18)
-    spec = write_spec(tmp_path, "dpo", {"model": tiny_model_dir, "train": data},
-                      {**TINY, "max_steps": 8, "zero_stage": 3, "beta": 0.5})
+    config = {**TINY, "max_steps": 8, "zero_stage": 3, "beta": 0.5}
+    spec = write_spec(tmp_path, "dpo", {"model": tiny_model_dir, "train": data}, config)
     run_workers("dpo", spec)
     folder, metrics = committed(tmp_path, "runs/t/dpo")
     steps = history(folder)
@@ -36,6 +36,9 @@ def test_dpo_on_two_processes_with_precomputed_reference(tmp_path, tiny_model_di
     assert metrics["reference_chosen_logps_mean"] == pytest.approx(sum(kept["chosen"]) / 18, rel=1e-5)
     assert len(list((tmp_path / "work" / "t" / "dpo").glob("reference-logps-*.pt"))) == 1
     AutoModelForCausalLM.from_pretrained(folder)
+    assert_hub_artifact(folder, "dpo", config, metrics, "text-generation")
+    card = (folder / "README.md").read_text()
+    assert "| beta | 0.5 |" in card and "| loss_type | sigmoid |" in card and "| global_batch_size | 8 |" in card
 
 
 def test_online_reference_trains_exactly_like_the_precomputed_one(tmp_path, tiny_model_dir):

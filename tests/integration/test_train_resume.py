@@ -16,6 +16,7 @@ from train_support import (
     run_workers,
     start_workers,
     store,
+    tensorboard_series,
     write_conversations,
     write_spec,
 )
@@ -66,5 +67,9 @@ def test_a_killed_run_resumes_and_reaches_the_uninterrupted_final_loss(tmp_path,
     assert metrics["train_loss"] == pytest.approx(straight_metrics["train_loss"], abs=1e-5)
     assert metrics["eval_loss"] == pytest.approx(straight_metrics["eval_loss"], abs=1e-5)
     assert metrics["tokens"] == straight_metrics["tokens"]
+    # the resumed run's TensorBoard events hold the whole run once, as metrics.jsonl does
+    losses = tensorboard_series(folder / "tensorboard")["train/loss"]
+    assert [step for step, _ in losses] == list(range(1, 17))
+    assert [v for _, v in losses] == pytest.approx([r["loss"] for r in resumed_steps], rel=1e-6)
     # finished: the checkpoints are gone from the store
     assert artifacts.list("runs/killed/sft.ckpt/") == []

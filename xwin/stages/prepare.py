@@ -2,6 +2,7 @@
 committed, validated files and never a path on someone's laptop.
 
     base_model/          HF safetensors folder (from an HF folder, a .gguf, or a packaged model)
+                         with a model card (a copied folder's own card: README.source.md)
     sft.jsonl            Conversation records for SFT (ShareGPT)
     prompts.jsonl        Prompt records for Xwin-Set sampling (disjoint from the SFT data)
     val_prompts.jsonl    Prompt records for choosing settings (constraints.validation_prompts)
@@ -154,6 +155,7 @@ def run(config: PrepareConfig, ctx: StageContext) -> dict[str, float]:
     out = ctx.workdir / "out"  # survives a restart: finished files are not redone
     out.mkdir(parents=True, exist_ok=True)
     import_base_model(config, out / "base_model")
+    write_base_model_card(config, out / "base_model")
     splits, report, constraint_counts, mtbench = write_prompt_data(config, out)
     pairs = write_pairs(config, splits["pair_prompts"], out / "base_model", out / "pairs.jsonl")
     (out / "sources.json").write_text(json.dumps({
@@ -225,10 +227,33 @@ def import_base_model(config: PrepareConfig, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
+        if (tmp / "README.md").exists():  # the source's own card (its license, its authors) is kept
+            (tmp / "README.md").rename(tmp / SOURCE_CARD)
         tmp.replace(dest)
         return
     log.info("importing base model %s", config.base_model)
     import_gguf(config.base_model, dest, dtype=config.base_model_dtype)
+
+
+SOURCE_CARD = "README.source.md"
+
+
+def write_base_model_card(config: PrepareConfig, dest: Path) -> None:
+    """The imported base's model card (the same on every rerun) and its generation config."""
+    from xwin.models.card import base_model_of, model_card, write_hub_files
+    from xwin.models.loading import PACKAGED_MODEL_IDS
+
+    source = config.base_model
+    if source in PACKAGED_MODEL_IDS:
+        base = PACKAGED_MODEL_IDS[source]
+    elif Path(source).is_dir():
+        base = base_model_of(Path(source), source)
+    else:  # a .gguf file: its path is all we know
+        base = source
+    settings = {"source": source, "dtype": config.base_model_dtype}
+    if (dest / SOURCE_CARD).exists():
+        settings["source_card"] = SOURCE_CARD
+    write_hub_files(dest, model_card(stage="prepare", kind="causal_lm", base_model=base, hyperparameters=settings))
 
 
 def _group_rank(group: str, seed: int) -> str:

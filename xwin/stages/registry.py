@@ -85,9 +85,11 @@ _PAIRS = "PreferencePair JSONL: a context, a chosen and a rejected reply"
 
 def _trainer(name: str, summary: str, config: type[StrictModel], entry: str, model: Input,
              train: Input, output: Literal["model", "reward_model"] = "model", code_version: str = "1") -> StageDef:
-    """A training stage: a gang of ranks in the trainer image, reading `model` and `train`."""
+    """A training stage: a gang of ranks in the trainer image, reading `model` and `train`.
+    Where its metrics are tracked (MLflow, W&B) changes nothing it computes: not in its key."""
     return StageDef(name, summary, config, entry, _inputs(model=model, train=train),
-                    kind="train", image="trainer", output=output, code_version=code_version)
+                    kind="train", image="trainer", output=output, not_in_key=frozenset({"tracking"}),
+                    code_version=code_version)
 
 STAGES: tuple[StageDef, ...] = (
     StageDef(

@@ -8,7 +8,8 @@ config beside it (the TRL pattern), so the controller plans a run without import
     config.py                TrainConfig: the settings every training stage shares
     loop.py                  the one training loop (train), evaluation, the per-example gather
     losses.py                the objectives as pure functions of tensors
-    harness.py               around the loop: process group, inputs, the one trainer tail
+    harness.py               around the loop: process group, inputs, the one trainer tail (model card)
+    tracking.py              where metrics go: metrics.jsonl, TensorBoard, MLflow, W&B
     launch.py                where a process sits in the job (ProcessPlace), starting workers
     deepspeed_setup.py       the DeepSpeed engine, optimizer, schedule, ZeRO-3 sharded loading
     checkpoint.py            checkpoints in the artifact store, resume, gathered weights

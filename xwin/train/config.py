@@ -12,6 +12,40 @@ from pydantic import Field, model_validator
 from xwin.core.config import StrictModel
 
 
+class MlflowConfig(StrictModel):
+    """An MLflow run per training stage. Credentials (MLFLOW_TRACKING_TOKEN, _USERNAME, _PASSWORD)
+    come from the environment, as MLflow reads them; never from here."""
+
+    tracking_uri: str = Field(
+        ..., min_length=1,
+        description="MLflow tracking URI: http(s)://server, or file:/path for a local store that needs no server",
+    )
+    experiment: str = Field(
+        "xwin", min_length=1, description="experiment the runs are filed under (created if missing)"
+    )
+
+
+class WandbConfig(StrictModel):
+    """A W&B run per training stage, grouped by pipeline run. The API key comes from the
+    environment (WANDB_API_KEY), as wandb reads it; never from here."""
+
+    project: str = Field(..., min_length=1, description="W&B project")
+    entity: str | None = Field(None, description="W&B team or user; None: the key's default entity")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: the run is written to a local folder (wandb sync uploads it later)"
+    )
+    dir: str | None = Field(None, description="folder for wandb's files; None: the stage's workdir")
+
+
+class TrackingConfig(StrictModel):
+    """Where training metrics go besides metrics.jsonl (which the report reads) and TensorBoard
+    event files (always written, shipped in the stage's artifact under tensorboard/). Each
+    tracker is optional, imported only when set, and a failing one never stops training."""
+
+    mlflow: MlflowConfig | None = Field(None, description="log to MLflow (pip install xwin[tracking])")
+    wandb: WandbConfig | None = Field(None, description="log to Weights & Biases (pip install xwin[tracking])")
+
+
 class TrainConfig(StrictModel):
     # -- optimisation
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
@@ -67,6 +101,10 @@ class TrainConfig(StrictModel):
         500, ge=0, description="optimizer steps between checkpoints committed to the store (0 = none)"
     )
     resume: bool = Field(True, description="continue from the last committed checkpoint, if any")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="experiment trackers beside metrics.jsonl and TensorBoard (MLflow, W&B); not in the stage's key",
+    )
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> TrainConfig:

@@ -32,9 +32,9 @@ from xwin.train.harness import (
     export_causal_lm,
     finish,
     input_fingerprint,
-    metrics_path,
     read_training_pairs,
     run_distributed,
+    tracker_for,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
@@ -169,7 +169,8 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
         loss_fn=make_dpo_step(config, reference),
     )
     checkpoints = checkpoints_for(ctx, place)
-    result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints,
+    tracker = tracker_for(ctx, place, config)
+    result = train(task, config, place, device, tracker=tracker, checkpoints=checkpoints,
                    prepare=precomputed.prepare if precomputed else None)
     write_model = export_causal_lm(result, config.zero_stage, place, tokenizer)
     extra = {"reference_online": float(config.needs_reference and config.reference == "online"),
@@ -187,7 +188,7 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
                  "chosen": table[:, 0].tolist(), "rejected": table[:, 1].tolist()}))
 
     return finish(ctx, place, checkpoints, write, {**result.metrics, **extra}, data=report,
-                  split=(len(train_ids), len(eval_ids)))
+                  split=(len(train_ids), len(eval_ids)), config=config, tracker=tracker)
 
 
 def run(config: DpoConfig, ctx: StageContext) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """What every training stage (`sft`, `rs`, `rm`, `dpo`) does around the shared loop: join the
-process group (or start this node's workers), read its inputs, and the one trainer tail: the
-manifest's metrics, the output folder written atomically and committed once, from rank 0."""
+process group (or start this node's workers), read its inputs, open its tracker, and the one
+trainer tail: the manifest's metrics, the output folder (weights, metrics.jsonl, TensorBoard
+events, the model card) written atomically and committed once, from rank 0."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from xwin.artifacts.stage_io import StageContext
 from xwin.core.digests import digest, fingerprint_path
 from xwin.core.errors import UserError
 from xwin.data.io import read_records
+from xwin.models.card import base_model_of, model_card, write_hub_files
 from xwin.train.checkpoint import Checkpoints, attempt_name, gathered_state_dict
+from xwin.train.config import TrainConfig
 from xwin.train.data import split_train_eval
 from xwin.train.launch import (
     ProcessPlace,
@@ -30,10 +33,9 @@ from xwin.train.launch import (
 )
 from xwin.train.loop import TrainResult
 from xwin.train.pairs import tokenize_pairs
+from xwin.train.tracking import METRICS_FILE, TENSORBOARD_DIR, Tracker, open_tracker
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def run_distributed(ctx: StageContext,
@@ -65,6 +67,44 @@ def checkpoints_for(ctx: StageContext, place: ProcessPlace) -> Checkpoints:
 
 def metrics_path(ctx: StageContext) -> Path:
     return ctx.workdir / METRICS_FILE
+
+
+def tracker_for(ctx: StageContext, place: ProcessPlace, config: TrainConfig) -> Tracker:
+    """The stage's tracker: metrics.jsonl and TensorBoard events in the workdir (shipped in the
+    output by `finish`), and the configured MLflow/W&B runs, named `<run>/<stage>`."""
+    return open_tracker(ctx.workdir, place.is_main, config.tracking, run_name=f"{ctx.spec.run_id}/{ctx.spec.stage}",
+                        group=ctx.spec.run_id, stage=ctx.spec.stage)
+
+
+# The settings a model card lists (a stage's own fields, such as dpo's beta, are added to them).
+CARD_SETTINGS = ("learning_rate", "lr_scheduler", "warmup_ratio", "warmup_steps", "epochs", "max_steps",
+                 "micro_batch_size", "gradient_accumulation_steps", "max_length", "batching", "weight_decay",
+                 "max_grad_norm", "zero_stage", "bf16", "gradient_checkpointing", "seed")
+
+
+def card_hyperparameters(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The settings that decide a trained model, for its card: the shared ones, the global batch
+    and every field the stage's config adds to TrainConfig."""
+    values = config.model_dump(mode="json")
+    own = [name for name in type(config).model_fields if name not in TrainConfig.model_fields]
+    out = {name: values[name] for name in (*CARD_SETTINGS, *own) if values.get(name) is not None}
+    out["global_batch_size"] = config.micro_batch_size * config.gradient_accumulation_steps * world_size
+    out["processes"] = world_size
+    return out
+
+
+def card_for(ctx: StageContext, config: TrainConfig, metrics: dict[str, float], kind: str):
+    """The model card of this stage's output, from its config, its input model and its metrics."""
+    started_from = ctx.spec.inputs.get("model")
+    data = {k[len("split_"):] if k.startswith("split_") else k: int(v) if float(v).is_integer() else v
+            for k, v in metrics.items() if k.startswith(("split_", "data_"))}
+    return model_card(
+        stage=ctx.spec.stage, kind=kind,
+        base_model=base_model_of(ctx.input("model"), started_from or "unknown"),
+        started_from=started_from, run=ctx.spec.run_id, data=data,
+        hyperparameters=card_hyperparameters(config, int(metrics.get("world_size", 1))),
+        metrics={k: v for k, v in metrics.items() if not k.startswith(("split_", "data_"))},
+    )
 
 
 def read_input_records(ctx: StageContext, name: str, kind: str) -> list:
@@ -122,13 +162,18 @@ def export_causal_lm(result: TrainResult, zero_stage: int, place: ProcessPlace,
 
 def finish(ctx: StageContext, place: ProcessPlace, checkpoints: Checkpoints | None,
            write_output: Callable[[Path], None], metrics: dict[str, Any], *, data: dict[str, Any],
-           split: tuple[int, int]) -> dict[str, float]:
+           split: tuple[int, int], config: TrainConfig, tracker: Tracker,
+           kind: str = "causal_lm") -> dict[str, float]:
     """The trainer tail. `metrics`: the run's numbers (the loop's and the trainer's own); `data`:
-    the input report (kept, dropped); `split`: (train, eval) examples. Rank 0 writes the output
-    folder atomically (with metrics.jsonl) and commits it, the run's checkpoints are deleted, and
-    every rank returns the flat metrics the manifest holds."""
+    the input report (kept, dropped); `split`: (train, eval) examples; `kind`: causal_lm or
+    reward_model (the card's pipeline tag). The tracker gets the final metrics and is closed;
+    rank 0 writes the output folder atomically (with metrics.jsonl, the TensorBoard events and
+    the model card) and commits it, the run's checkpoints are deleted, and every rank returns
+    the flat metrics the manifest holds."""
     metrics = flat_metrics(**{"": metrics}, data=data, split={"train": split[0], "eval": split[1]})
     metrics["world_size"] = place.world_size
+    tracker.log_summary(metrics)
+    tracker.close()
     if place.is_main:
         out_dir = ctx.workdir / "output"
 
@@ -136,6 +181,9 @@ def finish(ctx: StageContext, place: ProcessPlace, checkpoints: Checkpoints | No
             write_output(folder)
             if metrics_path(ctx).exists():
                 shutil.copyfile(metrics_path(ctx), folder / METRICS_FILE)
+            if (events := ctx.workdir / TENSORBOARD_DIR).is_dir():
+                shutil.copytree(events, folder / TENSORBOARD_DIR)
+            write_hub_files(folder, card_for(ctx, config, metrics, kind))
 
         write_folder_atomically(out_dir, write)
         ctx.commit(out_dir, metrics)

@@ -4,18 +4,17 @@ A stage builds its model, tokenizes its data and writes a `loss_fn(engine, batch
 metrics)`; everything else is here, in the order it happens: plan the batches, build the DeepSpeed
 engine, resume from the last checkpoint, then for each optimizer step run the micro-batches
 (forward, backward, step), log, evaluate, checkpoint. Metrics go to a progress bar on rank 0 and
-to `metrics.jsonl` (one object per logged step: step, epoch, loss, lr, tokens_per_s, the stage's
-own metrics, eval_* when an evaluation ran), which the controller plots.
+to the stage's tracker (`xwin.train.tracking`: `metrics.jsonl`, which the controller plots, with
+one object per logged step: step, epoch, loss, lr, tokens_per_s, the stage's own metrics, eval_*
+when an evaluation ran; TensorBoard; MLflow and W&B when configured).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from xwin.train.config import TrainConfig
 from xwin.train.data import BatchSchedule, eval_rank_batches
 from xwin.train.deepspeed_setup import build_engine
 from xwin.train.launch import ProcessPlace
+from xwin.train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -157,26 +157,6 @@ def gather_per_example(model, examples: Sequence[Any], collate: Callable[[list[A
     return values
 
 
-class MetricsLog:
-    """metrics.jsonl, written by rank 0 only; each record appended and flushed at once."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = Path(path), enabled
-        self.records: list[dict] = []
-
-    def restart(self, records: list[dict]) -> None:
-        self.records = list(records)
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 def count_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -189,13 +169,23 @@ def train(
     place: ProcessPlace,
     device: torch.device,
     *,
-    metrics_path: Path,
+    tracker: Tracker,
     checkpoints: Checkpoints | None = None,
     prepare: Callable[[Any], None] | None = None,
 ) -> TrainResult:
     """Train task.model; returns the engine (its module holds the trained weights) and metrics.
     `prepare(engine)` runs once before resuming (DPO computes reference log-probs there, while
-    the weights are still the reference's)."""
+    the weights are still the reference's). `tracker` gets the config and every logged record;
+    the loop closes it only on failure (the stage logs its final metrics, then closes it)."""
+    try:
+        return _train(task, config, place, device, tracker, checkpoints, prepare)
+    except BaseException:
+        tracker.close(failed=True)
+        raise
+
+
+def _train(task: TrainTask, config: TrainConfig, place: ProcessPlace, device: torch.device, history: Tracker,
+           checkpoints: Checkpoints | None, prepare: Callable[[Any], None] | None) -> TrainResult:
     packed = config.batching == "packed"
     if packed and task.collate_rows is None:
         raise UserError(f"stage {task.name}: batching 'packed' is for SFT/RS; use length_grouped")
@@ -215,7 +205,7 @@ def train(
     if prepare is not None:
         prepare(engine)
 
-    state, history = TrainState(), MetricsLog(metrics_path, place.is_main)
+    state = TrainState()
     resumed_from = None
     if checkpoints is not None and config.resume and (restored := checkpoints.restore(engine)):
         state, records = restored
@@ -223,6 +213,8 @@ def train(
         history.restart(records)
     else:
         history.restart([])
+    history.log_config({"stage": task.name, "world_size": place.world_size, "total_steps": total_steps,
+                        **config.model_dump(mode="json", exclude={"tracking"})})
 
     epoch_cache: dict[int, list] = {}
 

@@ -23,9 +23,9 @@ from xwin.train.deepspeed_setup import load_dtype, sharded_model_init
 from xwin.train.harness import (
     checkpoints_for,
     finish,
-    metrics_path,
     read_training_pairs,
     run_distributed,
+    tracker_for,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
@@ -99,7 +99,8 @@ def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace,
         loss_fn=make_rm_step(config.use_score_margin),
     )
     checkpoints = checkpoints_for(ctx, place)
-    result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
+    tracker = tracker_for(ctx, place, config)
+    result = train(task, config, place, device, tracker=tracker, checkpoints=checkpoints)
     stats = {}
     if eval_pairs:
         stats = reward_statistics(held_out_rewards(result.engine, eval_pairs, collate, config.micro_batch_size,
@@ -111,7 +112,7 @@ def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace,
         result.engine.module.save(folder, tokenizer, state_dict=state, info=info)
 
     return finish(ctx, place, checkpoints, write, {**result.metrics, **stats}, data=report,
-                  split=(len(train_ids), len(eval_ids)))
+                  split=(len(train_ids), len(eval_ids)), config=config, tracker=tracker, kind="reward_model")
 
 
 def run(config: RmConfig, ctx: StageContext) -> dict[str, float]:

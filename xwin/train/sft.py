@@ -22,9 +22,9 @@ from xwin.train.harness import (
     checkpoints_for,
     export_causal_lm,
     finish,
-    metrics_path,
     read_input_records,
     run_distributed,
+    tracker_for,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, train
@@ -70,10 +70,11 @@ def finetune(config: TrainConfig, ctx: StageContext, place: ProcessPlace, device
         loss_fn=sft_step,
     )
     checkpoints = checkpoints_for(ctx, place)
-    result = train(task, config, place, device, metrics_path=metrics_path(ctx), checkpoints=checkpoints)
+    tracker = tracker_for(ctx, place, config)
+    result = train(task, config, place, device, tracker=tracker, checkpoints=checkpoints)
     write = export_causal_lm(result, config.zero_stage, place, tokenizer)
     return finish(ctx, place, checkpoints, write, result.metrics, data=report.as_dict(),
-                  split=(len(train_ids), len(eval_ids)))
+                  split=(len(train_ids), len(eval_ids)), config=config, tracker=tracker)
 
 
 def run(config: SftConfig | RsConfig, ctx: StageContext) -> dict[str, float]:
