@@ -24,6 +24,7 @@ from xwin.artifacts.stage_io import part_key
 from xwin.core.digests import digest, fingerprint_path
 from xwin.core.errors import ConfigError
 from xwin.stages.registry import STAGE_NAMES, STAGES, default_wiring, stage_def
+from xwin.train.config import TrainConfig
 
 # Where each input of each stage comes from: "<stage>" (its whole output) or
 # "<stage>#<path inside it>"; the stage table's default wiring, rewired by `run.inputs`.
@@ -271,7 +272,21 @@ def make_plan(config, store, shards: dict[str, int] | None = None,
             + "; ".join(missing)
             + ". Run them too (widen --only/--from), or supply them with run.artifacts"
         )
+    check_local_hardware(config, [s.name for s in planned.values() if s.decision == "run"])
     return Plan({name: planned[name] for name in order})
+
+
+def check_local_hardware(config, stages: list[str]) -> None:
+    """Training stages that need what this machine lacks (QLoRA, flash attention) fail the plan
+    when they would run here (the local executor). On a cluster the pod is another machine:
+    its stage process makes the same check and exits 2 before loading anything."""
+    if config.executor.kind != "local":
+        return
+    problems = [f"{name}.{problem}" for name in stages
+                if isinstance(section := getattr(config, name), TrainConfig)
+                for problem in section.hardware_problems()]
+    if problems:
+        raise ConfigError("this machine cannot run the config (executor.kind local):\n  " + "\n  ".join(problems))
 
 
 def is_committed(store, key: str, shards: int = 1) -> bool:

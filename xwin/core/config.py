@@ -6,12 +6,19 @@ typed configs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from xwin.core.errors import ConfigError
+
+# The attention kernels a config can name for the models it loads (transformers'
+# attn_implementation): sdpa is torch's own and runs everywhere; flash_attention_2 needs CUDA and
+# the flash-attn package (xwin.models.loading refuses it elsewhere).
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
+ATTN_DESCRIPTION = ("attention kernel of the models this stage loads: sdpa (torch's, the default), eager "
+                    "(plain matmuls), flash_attention_2 (needs CUDA and the flash-attn package)")
 
 
 class StrictModel(BaseModel):

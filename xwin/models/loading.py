@@ -100,12 +100,51 @@ def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
+def check_attn_implementation(name: str) -> None:
+    """A clear error, before any weight is read, for a kernel this machine cannot run."""
+    if name not in ("sdpa", "eager", "flash_attention_2"):
+        raise UserError(f"attn_implementation {name!r}: expected sdpa, eager or flash_attention_2")
+    if name == "flash_attention_2":
+        if not torch.cuda.is_available():
+            raise UserError("attn_implementation flash_attention_2 needs a CUDA GPU, and this machine has none; "
+                            "use sdpa")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UserError("attn_implementation flash_attention_2 needs the flash-attn package, which is not "
+                            "installed (pip install flash-attn); or use sdpa")
+
+
+def pretrained_kwargs(dtype: str = "float32", attn_implementation: str = "sdpa",
+                      quantize: str = "none") -> dict:
+    """The from_pretrained arguments of every model a stage trains or evaluates: its dtype, its
+    attention kernel, and for QLoRA a bitsandbytes quantization of the frozen weights (4bit: NF4
+    with double quantization, as the QLoRA paper), placed whole on this process's GPU."""
+    check_attn_implementation(attn_implementation)
+    kwargs: dict = {"dtype": torch_dtype(dtype), "attn_implementation": attn_implementation}
+    if quantize == "none":
+        return kwargs
+    from transformers import BitsAndBytesConfig
+
+    from xwin.models.device import model_device
+
+    if quantize == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"])
+    elif quantize == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        raise UserError(f"quantize {quantize!r}: expected none, 4bit or 8bit")
+    kwargs["device_map"] = {"": model_device()}  # bitsandbytes quantizes as the weights reach the GPU
+    return kwargs
+
+
+def load_causal_lm(path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
+                   quantize: str = "none") -> torch.nn.Module:
     """A causal LM from an HF folder (the only format stages pass between each other)."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not an HF model folder (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    return AutoModelForCausalLM.from_pretrained(path, **pretrained_kwargs(dtype, attn_implementation, quantize))
 
 
 def save_atomically(model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:

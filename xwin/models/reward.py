@@ -46,7 +46,7 @@ from transformers import (
 
 from xwin.core.errors import UserError
 from xwin.models.device import place_model
-from xwin.models.loading import torch_dtype
+from xwin.models.loading import pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,29 @@ class RewardModel(nn.Module):
         return self.body.config
 
     @classmethod
-    def from_language_model(cls, path: str | Path, dtype: str = "float32") -> RewardModel:
-        """A new reward model: the body of an HF causal-LM folder (base or SFT) + a fresh head."""
+    def from_language_model(cls, path: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
+                            quantize: str = "none") -> RewardModel:
+        """A new reward model: the body of an HF causal-LM folder (base or SFT) + a fresh head
+        (in the body's compute dtype: a quantized body's parameters are packed integers)."""
         path = Path(path)
         if not (path / "config.json").exists():
             raise UserError(f"{path}: not an HF model folder (no config.json)")
-        return cls(AutoModel.from_pretrained(path, dtype=torch_dtype(dtype)))
+        body = AutoModel.from_pretrained(path, **pretrained_kwargs(dtype, attn_implementation, quantize))
+        if quantize == "none":
+            return cls(body)
+        hidden = body.config.hidden_size
+        head = nn.Linear(hidden, 1, bias=False, dtype=torch_dtype(dtype),
+                         device=body.get_input_embeddings().weight.device)
+        nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))
+        return cls(body, head)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.body.gradient_checkpointing_enable(**kwargs)
+
+    def enable_input_require_grads(self) -> None:
+        """What peft calls so that a frozen body's embeddings still pass gradients to adapters
+        under reentrant checkpointing."""
+        self.body.enable_input_require_grads()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -223,7 +237,7 @@ def _head_name(classifier: PreTrainedModel) -> str:
 
 
 def load_reward_model(path: str | Path, dtype: str = "float32",
-                      device: str | torch.device | None = None) -> RewardModel:
+                      device: str | torch.device | None = None, attn_implementation: str = "sdpa") -> RewardModel:
     """A reward model in eval mode on `device`, by default the device policy's
     (xwin.models.device): a folder the rm stage saved (either format) or any single-label
     AutoModelForSequenceClassification folder."""
@@ -237,25 +251,27 @@ def load_reward_model(path: str | Path, dtype: str = "float32",
         raise UserError(f"{path}: not a reward model folder (no config.json)")
     dtype_ = torch_dtype(dtype)
     if info.get("version", 1) == 1 and info.get("value_head"):
-        model = _load_first_format(path, info["value_head"], dtype_)
+        model = _load_first_format(path, info["value_head"], dtype_, attn_implementation)
     else:
-        model = _load_classifier(path, dtype_)
+        model = _load_classifier(path, dtype_, attn_implementation)
     return place_model(model.eval(), device)
 
 
-def _load_classifier(path: Path, dtype: torch.dtype) -> RewardModel:
+def _load_classifier(path: Path, dtype: torch.dtype, attn_implementation: str = "sdpa") -> RewardModel:
     architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise UserError(f"{path}: not a reward model folder (architectures {architectures}, no {REWARD_CONFIG})")
-    classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+    classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype,
+                                                                    attn_implementation=attn_implementation)
     if classifier.config.num_labels != 1:
         raise UserError(f"{path}: a classifier with {classifier.config.num_labels} labels; a reward model has 1")
     return RewardModel(classifier.base_model, getattr(classifier, _head_name(classifier)))
 
 
-def _load_first_format(path: Path, head_file: str, dtype: torch.dtype) -> RewardModel:
+def _load_first_format(path: Path, head_file: str, dtype: torch.dtype,
+                       attn_implementation: str = "sdpa") -> RewardModel:
     """Format 1: an AutoModel body and a value head (with a bias) in its own file."""
-    body = AutoModel.from_pretrained(path, dtype=dtype)
+    body = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     head_state = {k: v.to(dtype) for k, v in load_file(str(path / head_file)).items()}
     head = nn.Linear(body.config.hidden_size, 1, bias="bias" in head_state, dtype=dtype)
     head.load_state_dict(head_state)

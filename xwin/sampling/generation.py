@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from xwin.core.config import StrictModel
+from xwin.core.config import ATTN_DESCRIPTION, AttnImplementation, StrictModel
 from xwin.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class EngineOptions(StrictModel):
         description="engine seed: vLLM on the CPU cannot seed single requests, so the whole "
         "engine is seeded once; HF seeds torch's generator",
     )
+    attn_implementation: AttnImplementation = Field(
+        "sdpa", description="hf: " + ATTN_DESCRIPTION + " (vLLM picks its own attention backend)")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over")
     max_model_len: int | None = Field(
         None,

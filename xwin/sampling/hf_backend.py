@@ -15,7 +15,8 @@ from xwin.sampling.generation import Engine, EngineOptions, Generation, Generati
 class HfEngine(Engine):
     def __init__(self, model_dir, options: EngineOptions):
         super().__init__(model_dir, options)
-        self.model = place_model(load_causal_lm(self.model_dir, options.dtype).eval())  # the device policy's
+        model = load_causal_lm(self.model_dir, options.dtype, options.attn_implementation)
+        self.model = place_model(model.eval())  # the device policy's
         torch.manual_seed(options.seed)
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos] if eos is not None else []

@@ -22,7 +22,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from xwin.artifacts.stage_io import StageContext
-from xwin.core.config import StrictModel
+from xwin.core.config import ATTN_DESCRIPTION, AttnImplementation, StrictModel
 from xwin.core.errors import UserError
 from xwin.data.io import ChunkedJsonlWriter, read_records, resume_partial, write_records
 from xwin.data.schemas import MultiwiseRecord
@@ -52,6 +52,7 @@ class ScoreConfig(StrictModel):
     sort_by_length: bool = Field(
         True, description="batch sequences of similar length together (less padding)"
     )
+    attn_implementation: AttnImplementation = Field("sdpa", description=ATTN_DESCRIPTION)
     chunk_contexts: int = Field(
         256, ge=1, description="contexts scored between flushes to the resumable partial file: "
         "a killed attempt resumes after the last flushed chunk")
@@ -124,7 +125,8 @@ def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
     scored_now = 0
     if todo:
         tokenizer = load_tokenizer(model_dir)
-        model = load_reward_model(model_dir, config.dtype)  # eval mode, on the device policy's device
+        # eval mode, on the device policy's device
+        model = load_reward_model(model_dir, config.dtype, attn_implementation=config.attn_implementation)
         with ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer, \
                 tqdm(total=len(mine), initial=len(mine) - len(todo), desc="contexts scored", unit="context") as bar:
             for begin in range(0, len(todo), config.chunk_contexts):

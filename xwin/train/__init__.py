@@ -5,7 +5,8 @@ config beside it (the TRL pattern), so the controller plans a run without import
     rm.py, rm_config.py      stage rm: Bradley-Terry on (chosen, rejected), held-out accuracy
     dpo.py, dpo_config.py    stage dpo: DPO, IPO, RSO hinge, robust DPO (reference log-probs), SimPO
                              (reference-free), each with an optional RPO NLL term
-    config.py                TrainConfig: the settings every training stage shares
+    config.py                TrainConfig: the settings every training stage shares (lora:, attention)
+    lora.py                  LoRA / QLoRA through peft: wrapping, the adapters-off reference, merged export
     loop.py                  the one training loop (train), evaluation, the per-example gather
     losses.py                the objectives as pure functions of tensors
     harness.py               around the loop: process group, inputs, the one trainer tail (model card)

@@ -363,21 +363,25 @@ class Checkpoints:
             shutil.rmtree(self.local_root, ignore_errors=True)
 
 
-def gathered_state_dict(module: torch.nn.Module, zero_stage: int, is_main: bool) -> dict[str, torch.Tensor] | None:
+def gathered_state_dict(module: torch.nn.Module, zero_stage: int, is_main: bool,
+                        only_trainable: bool = False) -> dict[str, torch.Tensor] | None:
     """The full state dict on rank 0 (None elsewhere), tied weights once (named_parameters skips
     the second name of a shared tensor, so save_pretrained keeps the tie). Collective under ZeRO-3:
     every rank must call it; parameters are gathered one at a time, so peak memory stays one
-    tensor above the shard."""
+    tensor above the shard. `only_trainable`: the parameters that train alone, no buffers (LoRA's
+    adapters)."""
     import deepspeed
 
     state: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
+        if only_trainable and not param.requires_grad:
+            continue
         gathered = deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=zero_stage == 3)
         with gathered:
             if is_main:
                 state[name] = param.data.detach().cpu().clone()
-    if not is_main:
-        return None
+    if not is_main or only_trainable:
+        return state if is_main else None
     persistent = set(module.state_dict())
     for name, buffer in module.named_buffers():  # buffers are never sharded
         if name in persistent:

@@ -1,15 +1,49 @@
 """The training settings every training stage shares. Each stage's config subclasses TrainConfig
 (so a pipeline YAML reads `sft.learning_rate`, `dpo.beta`, ...) and overrides the defaults that
 differ per stage. Defaults are sized for real runs (7B-class, many GPUs); tests and the CPU demo
-pass small values."""
+pass small values.
+
+`lora:` trains low-rank adapters (peft) instead of every weight, on a 16-bit base (LoRA) or a
+4/8-bit quantized one (QLoRA, bitsandbytes, CUDA only); `attn_implementation` picks the
+attention kernel. What either needs of the machine is checked where the stage will run
+(`hardware_problems`): by the controller at plan time for the local executor, and by the stage
+process itself before it loads anything."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from xwin.core.config import StrictModel
+from xwin.core.config import ATTN_DESCRIPTION, AttnImplementation, StrictModel
+
+
+class LoraSettings(StrictModel):
+    """Low-rank adapters (LoRA, Hu et al. 2021) through peft; QLoRA (Dettmers et al. 2023) when
+    the frozen base is quantized. The exported model is always a plain HF folder with the
+    adapters merged in, so every later stage (and vLLM) loads it as if fully trained."""
+
+    enabled: bool = Field(False, description="train LoRA adapters instead of every weight")
+    r: int = Field(16, ge=1, description="rank of each adapter (the low-rank update is r x (in + out) weights)")
+    alpha: float = Field(32.0, gt=0, description="adapter scale numerator: updates are scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="modules that get adapters: 'all-linear' (peft: every linear layer but the output "
+        "head), or a list of module names / a regex as peft's LoraConfig takes (e.g. [q_proj, v_proj])",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="biases that train too: none, all, or those of adapted layers (peft's `bias`)"
+    )
+    quantize: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="QLoRA: load the frozen base quantized by bitsandbytes (4bit = NF4 with double "
+        "quantization, computing in bf16); needs CUDA and the bitsandbytes package (the gpu extra)",
+    )
+    keep_adapter: bool = Field(
+        False, description="also write the adapter alone (peft format) under adapter/ in the output"
+    )
 
 
 class MlflowConfig(StrictModel):
@@ -93,6 +127,8 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool = Field(
         True, description="recompute activations in backward: much less memory, ~30% slower"
     )
+    attn_implementation: AttnImplementation = Field("sdpa", description=ATTN_DESCRIPTION)
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA / QLoRA adapters (peft)")
 
     # -- bookkeeping
     log_every: int = Field(10, ge=1, description="optimizer steps between log lines")
@@ -112,4 +148,29 @@ class TrainConfig(StrictModel):
             raise ValueError("offload_params needs zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.lora.quantize != "none" and not self.lora.enabled:
+            raise ValueError(f"lora.quantize {self.lora.quantize} is QLoRA: it needs lora.enabled: true")
+        if self.lora.quantize != "none" and self.zero_stage == 3:
+            # ZeRO-3 would shard bitsandbytes' packed weights, which it cannot gather back into
+            # quantized layers; a quantized base is small enough to sit whole on each GPU anyway
+            raise ValueError("lora.quantize (QLoRA) does not combine with zero_stage 3; use zero_stage 0, 1 or 2")
         return self
+
+    def hardware_problems(self) -> list[str]:
+        """What this config needs that the machine running this process lacks (empty: nothing):
+        QLoRA needs CUDA and bitsandbytes, flash_attention_2 CUDA and flash-attn. Importing
+        nothing but what it checks, so the controller can ask at plan time."""
+        from xwin.core.hardware import gpu_available
+
+        needs = []
+        if self.lora.enabled and self.lora.quantize != "none":
+            needs += [("lora.quantize", self.lora.quantize, "bitsandbytes", "the gpu extra: pip install 'xwin[gpu]'")]
+        if self.attn_implementation == "flash_attention_2":
+            needs += [("attn_implementation", self.attn_implementation, "flash_attn", "pip install flash-attn")]
+        problems = []
+        for field, value, module, install in needs:
+            if not gpu_available():
+                problems.append(f"{field}: {value} needs a CUDA GPU, and this machine has none")
+            elif importlib.util.find_spec(module) is None:
+                problems.append(f"{field}: {value} needs the {module} package, which is not installed ({install})")
+        return problems

@@ -6,6 +6,9 @@ the first step (when policy and reference are the same weights), and keeps the n
 second model in memory. They are cached in the workdir keyed by the model, the data and the
 max length, and written to the output as reference_logps.json. `online` keeps a frozen copy and
 runs it beside the policy at every step (needed when the reference differs from the start).
+With LoRA the reference is the policy's own base, read with the adapters switched off
+(`xwin.train.lora.base_weights`): `online` then costs one more forward a step and no second
+model, and `precompute` computes its table the same way.
 SimPO is reference-free: neither happens. Sequence log-probs sum the reply's tokens only (IPO
 and SimPO: their mean); `rpo_alpha` adds the chosen reply's per-token NLL to any of the losses.
 
@@ -33,11 +36,13 @@ from xwin.train.harness import (
     finish,
     input_fingerprint,
     read_training_pairs,
+    require_hardware,
     run_distributed,
     tracker_for,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
+from xwin.train.lora import base_weights, lora_metrics, trainable_model
 from xwin.train.losses import dpo_loss, reply_labels, rpo_nll_loss, simpo_loss, token_logps
 from xwin.train.pairs import PairCollator, PairExample
 
@@ -79,8 +84,9 @@ class PrecomputedReference:
             self.table = torch.load(self.cache_file, weights_only=True)
             log.info("reference log-probs from cache %s", self.cache_file)
             return
-        self.table = compute_reference_logps(engine, self.pairs, self.collate, self.micro_batch_size,
-                                             self.place, self.device)
+        with base_weights(engine):  # LoRA: the base alone, whatever the adapters have learnt
+            self.table = compute_reference_logps(engine, self.pairs, self.collate, self.micro_batch_size,
+                                                 self.place, self.device)
         if self.place.is_node_leader:
             with atomic_file(self.cache_file, "wb") as f:
                 torch.save(self.table, f)
@@ -125,9 +131,30 @@ def make_dpo_step(config: DpoConfig, reference):
     return dpo_step
 
 
+class AdapterlessReference:
+    """LoRA's online reference: the policy's engine with its adapters switched off; bound to
+    the engine once the loop has built it (train's `prepare`)."""
+
+    def __init__(self):
+        self.engine = None
+
+    def prepare(self, engine) -> None:
+        self.engine = engine
+
+    @torch.no_grad()
+    def __call__(self, batch) -> torch.Tensor:
+        was_training = self.engine.module.training
+        self.engine.eval()  # as a frozen copy runs: no dropout in the reference
+        try:
+            with base_weights(self.engine):
+                return reply_logps(self.engine, batch)[0]
+        finally:
+            self.engine.train(was_training)
+
+
 def online_reference(model_dir, config: DpoConfig, place: ProcessPlace, device):
     with sharded_model_init(config, place):
-        frozen = load_causal_lm(model_dir, load_dtype(config))
+        frozen = load_causal_lm(model_dir, load_dtype(config), config.attn_implementation)
     frozen = build_frozen_engine(frozen, config, place, device)
 
     @torch.no_grad()
@@ -143,19 +170,26 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
     pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=place.is_main)
     collate = PairCollator(pad_token_id(tokenizer))
     with sharded_model_init(config, place):
-        model = load_causal_lm(model_dir, load_dtype(config))
+        model = load_causal_lm(model_dir, load_dtype(config), config.attn_implementation, config.lora.quantize)
     model.config.use_cache = False
+    model = trainable_model(model, config)
 
-    precomputed = reference = None
+    precomputed = reference = prepare = None
     if not config.needs_reference:
         log.info("dpo: loss_type %s is reference-free: no reference model, no reference log-probs",
                  config.loss_type)
     elif config.reference == "precompute":
-        key = digest({"model": input_fingerprint(ctx, "model"), "data": input_fingerprint(ctx, "train"),
-                      "max_length": config.max_length, "dtype": load_dtype(config)})
-        precomputed = PrecomputedReference(ctx.workdir / f"reference-logps-{key}.pt", pairs, collate,
+        material = {"model": input_fingerprint(ctx, "model"), "data": input_fingerprint(ctx, "train"),
+                    "max_length": config.max_length, "dtype": load_dtype(config)}
+        if config.lora.quantize != "none":  # the reference is then the quantized base
+            material["quantize"] = config.lora.quantize
+        precomputed = PrecomputedReference(ctx.workdir / f"reference-logps-{digest(material)}.pt", pairs, collate,
                                            config.micro_batch_size, place, device)
-        reference = precomputed
+        reference, prepare = precomputed, precomputed.prepare
+    elif config.lora.enabled:
+        log.info("dpo: LoRA: the reference is the policy with its adapters switched off (no second model)")
+        reference = AdapterlessReference()
+        prepare = reference.prepare
     else:
         reference = online_reference(model_dir, config, place, device)
 
@@ -171,10 +205,12 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
     checkpoints = checkpoints_for(ctx, place)
     tracker = tracker_for(ctx, place, config)
     result = train(task, config, place, device, tracker=tracker, checkpoints=checkpoints,
-                   prepare=precomputed.prepare if precomputed else None)
-    write_model = export_causal_lm(result, config.zero_stage, place, tokenizer)
+                   prepare=prepare)
+    write_model = export_causal_lm(result, config, place, tokenizer, model_dir)
     extra = {"reference_online": float(config.needs_reference and config.reference == "online"),
-             "reference_free": float(not config.needs_reference)}
+             "reference_free": float(not config.needs_reference),
+             "reference_adapters_disabled": float(config.needs_reference and config.lora.enabled),
+             **lora_metrics(model)}
     if precomputed is not None:
         table = precomputed.table
         extra.update(reference_chosen_logps_mean=table[:, 0].mean().item(),
@@ -193,4 +229,5 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
 
 def run(config: DpoConfig, ctx: StageContext) -> dict[str, float]:
     """The entry point of `xwin stage dpo`."""
+    require_hardware(config, "dpo")
     return run_distributed(ctx, lambda place, device: train_dpo(config, ctx, place, device))

@@ -44,7 +44,8 @@ class DpoConfig(TrainConfig):
     )
     reference: Literal["precompute", "online"] = Field(
         "precompute",
-        description="precompute reference log-probs once (less memory) or run a frozen copy; simpo has none",
+        description="precompute reference log-probs once (less memory) or run a frozen copy at every step "
+        "(with lora: the policy with its adapters off, no copy); simpo has none",
     )
 
     @property

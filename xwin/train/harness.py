@@ -20,9 +20,11 @@ from xwin.core.digests import digest, fingerprint_path
 from xwin.core.errors import UserError
 from xwin.data.io import read_records
 from xwin.models.card import base_model_of, model_card, write_hub_files
+from xwin.models.loading import load_causal_lm
 from xwin.train.checkpoint import Checkpoints, attempt_name, gathered_state_dict
 from xwin.train.config import TrainConfig
 from xwin.train.data import split_train_eval
+from xwin.train.deepspeed_setup import load_dtype
 from xwin.train.launch import (
     ProcessPlace,
     barrier,
@@ -32,6 +34,7 @@ from xwin.train.launch import (
     spawn_workers,
 )
 from xwin.train.loop import TrainResult
+from xwin.train.lora import adapter_writer, has_adapters
 from xwin.train.pairs import tokenize_pairs
 from xwin.train.tracking import METRICS_FILE, TENSORBOARD_DIR, Tracker, open_tracker
 
@@ -54,6 +57,13 @@ def run_distributed(ctx: StageContext,
         return body(place, device)
     finally:
         shutdown()
+
+
+def require_hardware(config: TrainConfig, stage: str) -> None:
+    """Exit 2 before loading anything when the config needs what this machine lacks (QLoRA,
+    flash attention); the controller asks the same at plan time where it can."""
+    if problems := config.hardware_problems():
+        raise UserError(f"stage {stage}: " + "; ".join(problems))
 
 
 def checkpoints_for(ctx: StageContext, place: ProcessPlace) -> Checkpoints:
@@ -145,19 +155,24 @@ def flat_metrics(**groups: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def export_causal_lm(result: TrainResult, zero_stage: int, place: ProcessPlace,
-                     tokenizer: Any) -> Callable[[Path], None]:
+def export_causal_lm(result: TrainResult, config: TrainConfig, place: ProcessPlace, tokenizer: Any,
+                     model_dir: Path) -> Callable[[Path], None]:
     """Collective (ZeRO-3 gathers shards): returns the writer of an HF folder (safetensors +
-    tokenizer) that transformers and vLLM load unchanged; the writer is for rank 0 only."""
+    tokenizer) that transformers and vLLM load unchanged; the writer is for rank 0 only. A LoRA
+    run writes its adapters merged into the base read again from `model_dir` (xwin.train.lora)."""
     module = result.engine.module
-    state = gathered_state_dict(module, zero_stage, place.is_main)
 
-    def write(folder: Path) -> None:
-        module.config.use_cache = True  # training switched it off; generation wants it
-        module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+    def save(model: Any, folder: Path, state: dict | None = None) -> None:
+        model.config.use_cache = True  # training switched it off; generation wants it
+        model.save_pretrained(folder, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(folder)
 
-    return write
+    if has_adapters(module):
+        return adapter_writer(module, config.lora, config.zero_stage, place.is_main, save_model=save,
+                              load_base=lambda: load_causal_lm(model_dir, load_dtype(config),
+                                                               config.attn_implementation))
+    state = gathered_state_dict(module, config.zero_stage, place.is_main)
+    return lambda folder: save(module, folder, state)
 
 
 def finish(ctx: StageContext, place: ProcessPlace, checkpoints: Checkpoints | None,

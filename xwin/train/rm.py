@@ -24,14 +24,18 @@ from xwin.train.harness import (
     checkpoints_for,
     finish,
     read_training_pairs,
+    require_hardware,
     run_distributed,
     tracker_for,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
+from xwin.train.lora import adapter_writer, has_adapters, lora_metrics, trainable_model
 from xwin.train.losses import bradley_terry_loss
 from xwin.train.pairs import PairCollator, PairExample
 from xwin.train.rm_config import RmConfig
+
+VALUE_HEAD = "value_head"  # RewardModel's scalar head
 
 
 def rewards_of(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +89,10 @@ def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace,
     pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=place.is_main)
     torch.manual_seed(config.seed)  # the value head's init, identical on every rank
     with sharded_model_init(config, place):
-        model = RewardModel.from_language_model(model_dir, load_dtype(config))
+        model = RewardModel.from_language_model(model_dir, load_dtype(config), config.attn_implementation,
+                                                config.lora.quantize)
     model.config.use_cache = False
+    model = trainable_model(model, config, fully_trained=[VALUE_HEAD])  # LoRA: the head trains whole
     collate = PairCollator(pad_token_id(tokenizer))
     eval_pairs = [pairs[i] for i in eval_ids]
     task = TrainTask(
@@ -105,16 +111,26 @@ def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace,
     if eval_pairs:
         stats = reward_statistics(held_out_rewards(result.engine, eval_pairs, collate, config.micro_batch_size,
                                                    place, device))
-    state = gathered_state_dict(result.engine.module, config.zero_stage, place.is_main)
+    info = {"max_length": config.max_length, **{k: v for k, v in stats.items() if k.startswith("eval_reward_")}}
+    module = result.engine.module
+    if has_adapters(module):
+        write = adapter_writer(
+            module, config.lora, config.zero_stage, place.is_main,
+            load_base=lambda: RewardModel.from_language_model(model_dir, load_dtype(config),
+                                                              config.attn_implementation),
+            save_model=lambda merged, folder: merged.save(folder, tokenizer, info=info))
+    else:
+        state = gathered_state_dict(module, config.zero_stage, place.is_main)
 
-    def write(folder):
-        info = {"max_length": config.max_length, **{k: v for k, v in stats.items() if k.startswith("eval_reward_")}}
-        result.engine.module.save(folder, tokenizer, state_dict=state, info=info)
+        def write(folder):
+            module.save(folder, tokenizer, state_dict=state, info=info)
 
-    return finish(ctx, place, checkpoints, write, {**result.metrics, **stats}, data=report,
-                  split=(len(train_ids), len(eval_ids)), config=config, tracker=tracker, kind="reward_model")
+    return finish(ctx, place, checkpoints, write, {**result.metrics, **stats, **lora_metrics(model)},
+                  data=report, split=(len(train_ids), len(eval_ids)), config=config, tracker=tracker,
+                  kind="reward_model")
 
 
 def run(config: RmConfig, ctx: StageContext) -> dict[str, float]:
     """The entry point of `xwin stage rm`."""
+    require_hardware(config, "rm")
     return run_distributed(ctx, lambda place, device: train_reward_model(config, ctx, place, device))

@@ -23,11 +23,13 @@ from xwin.train.harness import (
     export_causal_lm,
     finish,
     read_input_records,
+    require_hardware,
     run_distributed,
     tracker_for,
 )
 from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, train
+from xwin.train.lora import lora_metrics, trainable_model
 from xwin.train.losses import sft_loss
 from xwin.train.sft_config import RsConfig, SftConfig
 
@@ -56,8 +58,9 @@ def finetune(config: TrainConfig, ctx: StageContext, place: ProcessPlace, device
     train_ids, eval_ids = split_train_eval(len(samples), config.eval_fraction, config.seed)
     torch.manual_seed(config.seed)
     with sharded_model_init(config, place):
-        model = load_causal_lm(model_dir, load_dtype(config))
+        model = load_causal_lm(model_dir, load_dtype(config), config.attn_implementation, config.lora.quantize)
     model.config.use_cache = False
+    model = trainable_model(model, config)
     pad = pad_token_id(tokenizer)
     task = TrainTask(
         name=name,
@@ -72,11 +75,13 @@ def finetune(config: TrainConfig, ctx: StageContext, place: ProcessPlace, device
     checkpoints = checkpoints_for(ctx, place)
     tracker = tracker_for(ctx, place, config)
     result = train(task, config, place, device, tracker=tracker, checkpoints=checkpoints)
-    write = export_causal_lm(result, config.zero_stage, place, tokenizer)
-    return finish(ctx, place, checkpoints, write, result.metrics, data=report.as_dict(),
-                  split=(len(train_ids), len(eval_ids)), config=config, tracker=tracker)
+    write = export_causal_lm(result, config, place, tokenizer, model_dir)
+    return finish(ctx, place, checkpoints, write, {**result.metrics, **lora_metrics(model)},
+                  data=report.as_dict(), split=(len(train_ids), len(eval_ids)), config=config,
+                  tracker=tracker)
 
 
 def run(config: SftConfig | RsConfig, ctx: StageContext) -> dict[str, float]:
     """The entry point of both stages (`xwin stage sft|rs`)."""
+    require_hardware(config, ctx.spec.stage)
     return run_distributed(ctx, lambda place, device: finetune(config, ctx, place, device))
