@@ -18,8 +18,8 @@ from xwin.stages.registry import STAGE_NAMES, STAGES, default_wiring, stage_def
 
 def test_the_pipeline_config_has_one_section_per_row_in_pipeline_order():
     sections = list(PipelineConfig.model_fields)
-    assert sections[:3] == ["run", "store", "executor"]
-    assert sections[3:] == list(STAGE_NAMES)
+    assert sections[:4] == ["run", "store", "executor", "tracking"]
+    assert sections[4:] == list(STAGE_NAMES)
     for stage in STAGES:
         assert issubclass(stage.config, StrictModel)
         assert PipelineConfig.model_fields[stage.name].annotation is stage.config

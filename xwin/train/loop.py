@@ -136,25 +136,39 @@ def evaluate(engine, task: TrainTask, config: TrainConfig, place: ProcessPlace,
 @torch.no_grad()
 def gather_per_example(model, examples: Sequence[Any], collate: Callable[[list[Any]], Batch],
                        micro_batch_size: int, place: ProcessPlace, device: torch.device,
-                       per_batch: Callable[[Any, Batch], Sequence[Any]]) -> list[Any]:
-    """One value per example, computed by `per_batch(model, batch)` (a value per example of the
-    batch, in order): each rank runs its share, and every rank gets every value back in the order
-    of `examples` (the RM's held-out rewards, DPO's reference log-probs). A rank with nothing
-    left still runs a forward: ZeRO-3 gathers weights collectively."""
+                       per_batch: Callable[[Any, Batch], Sequence[Sequence[float]]]) -> list[tuple[float, ...]]:
+    """One row of floats per example, computed by `per_batch(model, batch)` (a row per example of
+    the batch, in order, every row as long): each rank runs its share, and every rank gets every
+    row back in the order of `examples` (the RM's held-out rewards, DPO's reference log-probs). A
+    rank with nothing left still runs a forward: ZeRO-3 gathers weights collectively.
+
+    The rows travel as float64 tensors, not through all_gather_object: that unpickles whatever
+    another rank sends, and the ranks' ports are reachable beyond the gang on some clusters."""
     was_training = model.training
     model.eval()
-    local: list[tuple[int, Any]] = []
+    rows: list[list[float]] = []  # [example index, *values]
+    width = 0
     for slots in eval_rank_batches(len(examples), micro_batch_size, place.world_size, place.rank):
         real = [i for i in slots if i >= 0]
         batch = to_device(collate([examples[i] for i in real] or [examples[0]]), device)
-        local += zip(real, per_batch(model, batch))  # a filler batch's values are dropped
-    everything: list = [None] * place.world_size
-    dist.all_gather_object(everything, local)
+        values = per_batch(model, batch)
+        width = max(width, *(len(v) for v in values))
+        rows += ([float(i), *map(float, v)] for i, v in zip(real, values))  # a filler's are dropped
     model.train(was_training)
-    values: list[Any] = [None] * len(examples)
-    for index, value in (item for part in everything for item in part):
-        values[index] = value
-    return values
+    sizes = [torch.zeros(2, dtype=torch.long, device=device) for _ in range(place.world_size)]
+    dist.all_gather(sizes, torch.tensor([len(rows), width], dtype=torch.long, device=device))
+    most = max(int(size[0]) for size in sizes)
+    width = max(int(size[1]) for size in sizes)
+    mine = torch.zeros(most, 1 + width, dtype=torch.float64, device=device)
+    if rows:
+        mine[:len(rows)] = torch.tensor(rows, dtype=torch.float64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(place.world_size)]
+    dist.all_gather(parts, mine)
+    gathered: list[tuple[float, ...]] = [()] * len(examples)
+    for part, size in zip(parts, sizes):
+        for row in part[:int(size[0])].tolist():
+            gathered[int(row[0])] = tuple(row[1:])
+    return gathered
 
 
 def count_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
