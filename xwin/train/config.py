@@ -191,8 +191,9 @@ class PairTrainConfig(TrainConfig):
         False,
         description="each micro-batch as one row: its 2 x micro_batch_size sequences back to back, no pad "
         "tokens, position ids restarting per sequence so attention stays inside each; the same log-probs "
-        "and rewards as padded rows. Fastest with flash_attention_2 (varlen kernels); sdpa and eager mask "
-        "a row-long attention, which pays while sequences are short next to the row",
+        "and rewards as padded rows. Fastest with flash_attention_2 (varlen kernels, attention per "
+        "sequence); sdpa and eager attend over the whole row under a block mask (cost grows with the "
+        "row's square), which still pays while rows are short",
     )
 
     @field_validator("batching", mode="before")

@@ -11,6 +11,8 @@ With LoRA the reference is the policy's own base, read with the adapters switche
 model, and `precompute` computes its table the same way.
 SimPO is reference-free: neither happens. Sequence log-probs sum the reply's tokens only (IPO
 and SimPO: their mean); `rpo_alpha` adds the chosen reply's per-token NLL to any of the losses.
+`padding_free: true` runs each micro-batch as one row without padding (`xwin.train.pairs`), for
+the policy, every reference path and evaluation alike.
 
 Inputs: `model` (HF folder) and `train` (PreferencePair JSONL). Output: an HF folder.
 Config: `dpo_config.py` (torch-free, read by the controller)."""
@@ -63,9 +65,9 @@ def reply_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, to
     logps, counted = token_logps(logits, reply_labels(batch["input_ids"], batch["reply_mask"]))
     if not is_padding_free(batch):
         return logps.sum(-1), counted.sum(-1)
-    # shifted position t predicts token t + 1: its value belongs to token t + 1's sequence;
-    # position L - 1 (the row's last token) predicts nothing
-    per_token = torch.cat([logps.new_zeros(1), logps[0]])  # index k = the value for token k
+    # logps[0, t] is log p(token t + 1): a 0 in front puts token k's value at index k, in its own
+    # sequence (a sequence's first token is never a reply target, so no sum crosses a boundary)
+    per_token = torch.cat([logps.new_zeros(1), logps[0]])
     count = torch.cat([counted.new_zeros(1), counted[0]]).to(logps.dtype)
     return sequence_sums(per_token, batch["cu_seqlens"]), sequence_sums(count, batch["cu_seqlens"]).long()
 

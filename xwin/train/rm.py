@@ -1,6 +1,8 @@
 """Stage `rm`: the reward model (Xwin-RM). The body of a language model with a scalar value head,
 trained on preference pairs with the Bradley-Terry loss; both replies of a pair go through one
-forward pass. Multi-turn contexts are kept (the oldest turns give way when too long).
+forward pass (padded rows, or with `padding_free: true` one row without padding, the reward read
+at each sequence's last token: `xwin.train.pairs`). Multi-turn contexts are kept (the oldest
+turns give way when too long).
 
 Inputs: `model` (HF folder: the SFT model or the base) and `train` (PreferencePair JSONL).
 Output: a reward-model folder, a standard AutoModelForSequenceClassification folder that
