@@ -106,10 +106,24 @@ class RewardModel(nn.Module):
         under reentrant checkpointing."""
         self.body.enable_input_require_grads()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, last_token_index(attention_mask)]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                position_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """Padded rows [B, T] with their attention mask, or one padding-free row [1, L] of several
+        sequences: position ids restarting at 0 for each and `cu_seqlens` [S + 1] (sequence k is
+        columns cu_seqlens[k]:cu_seqlens[k+1]); then one reward per sequence [S], read at its last
+        token. No mask and no cache there: transformers keeps attention inside each sequence
+        only then (xwin.train.pairs)."""
+        if cu_seqlens is None:
+            if attention_mask is None:
+                raise ValueError("RewardModel: padded rows need their attention_mask")
+            hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = hidden[rows, last_token_index(attention_mask)]
+        else:
+            if input_ids.shape[0] != 1 or position_ids is None or attention_mask is not None:
+                raise ValueError("RewardModel: a padding-free batch is one row with position_ids and no attention_mask")
+            hidden = self.body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+            pooled = hidden[0, cu_seqlens[1:] - 1]
         return self.value_head(pooled).squeeze(-1).float()
 
     def score(

@@ -5,7 +5,8 @@ config beside it (the TRL pattern), so the controller plans a run without import
     rm.py, rm_config.py      stage rm: Bradley-Terry on (chosen, rejected), held-out accuracy
     dpo.py, dpo_config.py    stage dpo: DPO, IPO, RSO hinge, robust DPO (reference log-probs), SimPO
                              (reference-free), each with an optional RPO NLL term
-    config.py                TrainConfig: the settings every training stage shares (lora:, attention)
+    config.py                TrainConfig: the settings every training stage shares (lora:, attention);
+                             PairTrainConfig: rm's and dpo's (padding_free)
     lora.py                  LoRA / QLoRA through peft: wrapping, the adapters-off reference, merged export
     loop.py                  the one training loop (train), evaluation, the per-example gather
     losses.py                the objectives as pure functions of tensors
@@ -14,7 +15,8 @@ config beside it (the TRL pattern), so the controller plans a run without import
     launch.py                where a process sits in the job (ProcessPlace), starting workers
     deepspeed_setup.py       the DeepSpeed engine, optimizer, schedule, ZeRO-3 sharded loading
     checkpoint.py            checkpoints in the artifact store, resume, gathered weights
-    data.py, pairs.py        batch schedules (grouped, packed) and preference-pair batches
+    data.py, pairs.py        batch schedules (grouped, packed) and preference-pair batches (padded
+                             or padding-free)
 
 Each trainer module's `run(config, ctx)` is the stage's entry point (xwin.stages.registry).
 """

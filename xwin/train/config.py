@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from xwin.core.config import ATTN_DESCRIPTION, AttnImplementation, StrictModel
 
@@ -110,7 +110,8 @@ class TrainConfig(StrictModel):
     batching: Literal["length_grouped", "packed", "random"] = Field(
         "length_grouped",
         description="length_grouped: batches of similar lengths (less padding); packed: several "
-        "conversations per row with attention kept inside each (SFT/RS only); random: plain shuffle",
+        "conversations per row with attention kept inside each (SFT/RS only; rm and dpo: padding_free); "
+        "random: plain shuffle",
     )
     eval_fraction: float = Field(
         0.02, ge=0, lt=1, description="share of the data held out for evaluation"
@@ -174,3 +175,31 @@ class TrainConfig(StrictModel):
             elif importlib.util.find_spec(module) is None:
                 problems.append(f"{field}: {value} needs the {module} package, which is not installed ({install})")
         return problems
+
+
+class PairTrainConfig(TrainConfig):
+    """What the pair stages (rm, dpo) share: micro-batches count pairs, and a micro-batch is
+    either padded rows or one padding-free row (`padding_free`)."""
+
+    micro_batch_size: int = Field(2, ge=1, description="pairs per process per forward pass")
+    batching: Literal["length_grouped", "random"] = Field(
+        "length_grouped",
+        description="which pairs share a micro-batch: length_grouped or random (pairs are never packed "
+        "across micro-batches; padding_free lays a micro-batch out without padding)",
+    )
+    padding_free: bool = Field(
+        False,
+        description="each micro-batch as one row: its 2 x micro_batch_size sequences back to back, no pad "
+        "tokens, position ids restarting per sequence so attention stays inside each; the same log-probs "
+        "and rewards as padded rows. Fastest with flash_attention_2 (varlen kernels, attention per "
+        "sequence); sdpa and eager attend over the whole row under a block mask (cost grows with the "
+        "row's square), which still pays while rows are short",
+    )
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _pairs_are_not_packed(cls, value):
+        if value == "packed":
+            raise ValueError("batching 'packed' is for sft and rs; for rm and dpo set padding_free: true "
+                             "(each micro-batch as one row without padding) and keep length_grouped or random")
+        return value

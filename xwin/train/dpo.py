@@ -11,6 +11,8 @@ With LoRA the reference is the policy's own base, read with the adapters switche
 model, and `precompute` computes its table the same way.
 SimPO is reference-free: neither happens. Sequence log-probs sum the reply's tokens only (IPO
 and SimPO: their mean); `rpo_alpha` adds the chosen reply's per-token NLL to any of the losses.
+`padding_free: true` runs each micro-batch as one row without padding (`xwin.train.pairs`), for
+the policy, every reference path and evaluation alike.
 
 Inputs: `model` (HF folder) and `train` (PreferencePair JSONL). Output: an HF folder.
 Config: `dpo_config.py` (torch-free, read by the controller)."""
@@ -44,16 +46,30 @@ from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
 from xwin.train.lora import base_weights, lora_metrics, trainable_model
 from xwin.train.losses import dpo_loss, reply_labels, rpo_nll_loss, simpo_loss, token_logps
-from xwin.train.pairs import PairCollator, PairExample
+from xwin.train.pairs import (
+    PairExample,
+    check_padding_free,
+    is_padding_free,
+    model_inputs,
+    pair_collator,
+    sequence_sums,
+)
 
 log = logging.getLogger(__name__)
 
 
 def reply_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of each reply [2n] and its token count [2n]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    """Summed log-probs of each reply [2n] and its token count [2n], from padded rows or one
+    padding-free row (summed between its sequence boundaries)."""
+    logits = model(**model_inputs(batch)).logits
     logps, counted = token_logps(logits, reply_labels(batch["input_ids"], batch["reply_mask"]))
-    return logps.sum(-1), counted.sum(-1)
+    if not is_padding_free(batch):
+        return logps.sum(-1), counted.sum(-1)
+    # logps[0, t] is log p(token t + 1): a 0 in front puts token k's value at index k, in its own
+    # sequence (a sequence's first token is never a reply target, so no sum crosses a boundary)
+    per_token = torch.cat([logps.new_zeros(1), logps[0]])
+    count = torch.cat([counted.new_zeros(1), counted[0]]).to(logps.dtype)
+    return sequence_sums(per_token, batch["cu_seqlens"]), sequence_sums(count, batch["cu_seqlens"]).long()
 
 
 def compute_reference_logps(model, pairs: list[PairExample], collate, micro_batch_size: int,
@@ -168,10 +184,12 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
     model_dir = ctx.input("model")
     tokenizer = load_tokenizer(model_dir)
     pairs, report, train_ids, eval_ids = read_training_pairs(ctx, tokenizer, config, progress=place.is_main)
-    collate = PairCollator(pad_token_id(tokenizer))
+    collate = pair_collator(pad_token_id(tokenizer), config.padding_free)
     with sharded_model_init(config, place):
         model = load_causal_lm(model_dir, load_dtype(config), config.attn_implementation, config.lora.quantize)
     model.config.use_cache = False
+    if config.padding_free:
+        check_padding_free(model, "dpo")
     model = trainable_model(model, config)
 
     precomputed = reference = prepare = None
@@ -183,6 +201,8 @@ def train_dpo(config: DpoConfig, ctx: StageContext, place: ProcessPlace, device)
                     "max_length": config.max_length, "dtype": load_dtype(config)}
         if config.lora.quantize != "none":  # the reference is then the quantized base
             material["quantize"] = config.lora.quantize
+        if config.padding_free:  # the same numbers up to float rounding, computed the way the policy's are
+            material["padding_free"] = True
         precomputed = PrecomputedReference(ctx.workdir / f"reference-logps-{digest(material)}.pt", pairs, collate,
                                            config.micro_batch_size, place, device)
         reference, prepare = precomputed, precomputed.prepare

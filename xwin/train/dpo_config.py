@@ -7,22 +7,18 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from xwin.train.config import TrainConfig
+from xwin.train.config import PairTrainConfig
 
 SIMPO_DEFAULT_BETA = 2.0  # the SimPO paper tunes beta in 2 to 10; its reference recipe starts at 2
 
 
-class DpoConfig(TrainConfig):
+class DpoConfig(PairTrainConfig):
     """Defaults after Zephyr/Tulu-style full DPO of 7B models: beta 0.1, a very small learning
     rate with 10% warmup, one epoch."""
 
     learning_rate: float = Field(5e-7, gt=0, description="peak learning rate (AdamW)")
     epochs: float = Field(1.0, gt=0, description="passes over the pairs")
-    micro_batch_size: int = Field(2, ge=1, description="pairs per process per forward pass")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of the steps spent warming up")
-    batching: Literal["length_grouped", "random"] = Field(
-        "length_grouped", description="pairs are never packed: length_grouped or random"
-    )
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="share of pairs held out")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = Field(
         "sigmoid",

@@ -44,7 +44,7 @@ class TrainTask:
     train_examples: Sequence[Any]
     eval_examples: Sequence[Any]
     lengths: Sequence[int]  # tokens of each training example (for grouping and packing)
-    collate: Callable[[list[Any]], Batch]  # examples -> padded batch with an attention_mask
+    collate: Callable[[list[Any]], Batch]  # examples -> batch with an attention_mask (1 on real tokens)
     loss_fn: LossFn
     collate_rows: Callable[[list[list[Any]]], Batch] | None = None  # packed rows -> batch
 
@@ -202,7 +202,8 @@ def _train(task: TrainTask, config: TrainConfig, place: ProcessPlace, device: to
            checkpoints: Checkpoints | None, prepare: Callable[[Any], None] | None) -> TrainResult:
     packed = config.batching == "packed"
     if packed and task.collate_rows is None:
-        raise UserError(f"stage {task.name}: batching 'packed' is for SFT/RS; use length_grouped")
+        raise UserError(f"stage {task.name}: batching 'packed' is for SFT/RS; use length_grouped "
+                        "(rm and dpo: padding_free: true lays each micro-batch out without padding)")
     batches = BatchSchedule(
         lengths=task.lengths, micro_batch_size=config.micro_batch_size, world_size=place.world_size,
         mode=config.batching, max_length=config.max_length, seed=config.seed,

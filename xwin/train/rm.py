@@ -1,6 +1,8 @@
 """Stage `rm`: the reward model (Xwin-RM). The body of a language model with a scalar value head,
 trained on preference pairs with the Bradley-Terry loss; both replies of a pair go through one
-forward pass. Multi-turn contexts are kept (the oldest turns give way when too long).
+forward pass (padded rows, or with `padding_free: true` one row without padding, the reward read
+at each sequence's last token: `xwin.train.pairs`). Multi-turn contexts are kept (the oldest
+turns give way when too long).
 
 Inputs: `model` (HF folder: the SFT model or the base) and `train` (PreferencePair JSONL).
 Output: a reward-model folder, a standard AutoModelForSequenceClassification folder that
@@ -32,14 +34,19 @@ from xwin.train.launch import ProcessPlace
 from xwin.train.loop import TrainTask, gather_per_example, train
 from xwin.train.lora import adapter_writer, has_adapters, lora_metrics, trainable_model
 from xwin.train.losses import bradley_terry_loss
-from xwin.train.pairs import PairCollator, PairExample
+from xwin.train.pairs import PairExample, check_padding_free, is_padding_free, model_inputs, pair_collator
 from xwin.train.rm_config import RmConfig
 
 VALUE_HEAD = "value_head"  # RewardModel's scalar head
 
 
 def rewards_of(engine, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    rewards = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    """(chosen, rejected) rewards [n] each, from padded or padding-free batches alike."""
+    inputs = model_inputs(batch)
+    del inputs["use_cache"]  # the reward model never caches
+    if is_padding_free(batch):
+        inputs["cu_seqlens"] = batch["cu_seqlens"]
+    rewards = engine(**inputs)
     n = batch["pair_index"].shape[0]
     return rewards[:n], rewards[n:]
 
@@ -92,8 +99,10 @@ def train_reward_model(config: RmConfig, ctx: StageContext, place: ProcessPlace,
         model = RewardModel.from_language_model(model_dir, load_dtype(config), config.attn_implementation,
                                                 config.lora.quantize)
     model.config.use_cache = False
+    if config.padding_free:
+        check_padding_free(model.body, "rm")
     model = trainable_model(model, config, fully_trained=[VALUE_HEAD])  # LoRA: the head trains whole
-    collate = PairCollator(pad_token_id(tokenizer))
+    collate = pair_collator(pad_token_id(tokenizer), config.padding_free)
     eval_pairs = [pairs[i] for i in eval_ids]
     task = TrainTask(
         name="rm",
