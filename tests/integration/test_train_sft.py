@@ -106,11 +106,11 @@ def test_rs_on_two_worker_processes_with_accumulation_and_cpu_offload(tmp_path, 
 
 
 @pytest.mark.slow
-def test_vllm_serves_a_trained_folder_as_it_is(tmp_path, tiny_model_dir):
+def test_vllm_serves_a_trained_folder_as_it_is(tmp_path, vllm_tiny_model_dir):
     """The sft output (weights, card, metrics.jsonl, tensorboard/ beside them) is what the sample
     stage's vLLM engine loads, with no conversion."""
     data = write_conversations(tmp_path / "conversations.jsonl", count=16)
-    spec = write_spec(tmp_path, "sft", {"model": tiny_model_dir, "train": data},
+    spec = write_spec(tmp_path, "sft", {"model": vllm_tiny_model_dir, "train": data},
                       {**TINY, "max_steps": 2, "zero_stage": 0, "eval_every": 0})
     run_workers("sft", spec, nproc=1)
     folder, _ = committed(tmp_path, "runs/t/sft")
