@@ -288,8 +288,9 @@ class Check:
             started = time.perf_counter()
             try:
                 row = self.run_row(name)
-            except RuntimeError as e:
-                row = Row(name, error=str(e).splitlines()[0][:200], elapsed_s=round(time.perf_counter() - started, 1))
+            except Exception as e:  # one broken row must not cost the other rows their GPU time
+                message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                row = Row(name, error=message, elapsed_s=round(time.perf_counter() - started, 1))
                 print(f"{name} failed: {e}", file=sys.stderr, flush=True)
             self.rows[name] = row
             print(f"{name}: {describe(row)} ({row.elapsed_s} s)", flush=True)
