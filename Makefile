@@ -9,7 +9,7 @@ PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench images locks check-locks e2e-kind clean
+.PHONY: help install demo test test-fast lint bench gpu-check images locks check-locks e2e-kind clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,17 @@ bench: install ## run the benchmarks (installs TRL for the comparison)
 	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/preference_batches.py
+
+# GPU_CHECK_ARGS="--peak-tflops 989" for a device the table does not know; "--allow-cpu": the
+# tiny smoke version on a machine without CUDA.
+GPU_CHECK_ARGS ?=
+# a GPU machine has its own environment (pip install -e '.[gpu]'), not the CPU .venv
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+gpu-check: ## on one GPU, at most 10 min: SFT/DPO tokens/s, memory and MFU, vLLM vs HF, scoring, LoRA
+	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out .xwin/gpu-check.json $(GPU_CHECK_ARGS)
 
 images: ## build the trainer, sampler and controller images (needs docker)
 	docker build -f images/trainer.Dockerfile -t xwin-trainer:dev .
