@@ -230,7 +230,7 @@ def test_a_user_preference_file_replaces_one_input(store, tmp_path):
 @pytest.mark.parametrize("override", ["score.backend=vllm", "score.backend=auto", "score.max_batch_tokens=4096",
                                       "score.tensor_parallel_size=2", "eval.reward_backend=vllm"])
 def test_how_float32_rewards_are_computed_is_not_part_of_a_key(store, override):
-    """In float32 the backend and batching move a reward by ~1e-6: a switch reruns nothing."""
+    """In float32 the backend and batching move a reward by ~1e-5: a switch reruns nothing."""
     assert plan_of(store, "score.dtype=float32", override).keys() == plan_of(store, "score.dtype=float32").keys()
 
 

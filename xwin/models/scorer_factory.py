@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 from xwin.core.errors import UserError
-from xwin.models.scoring import HfRewardScorer, RewardScorer
+from xwin.models.hf_scoring import HfRewardScorer
+from xwin.models.scoring import RewardScorer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Scoring (context, response) pairs with a reward model, in length-sorted batches, and the
-scorer interface both backends share (HfRewardScorer here, VllmRewardScorer in vllm_scoring.py,
-opened by scorer_factory.py).
+scorer interface both backends share (HfRewardScorer in hf_scoring.py, VllmRewardScorer in
+vllm_scoring.py, opened by scorer_factory.py).
 
 Sorting by length before batching means each batch pads only to its own longest sequence, which
 for 64 responses of very different lengths saves most of the padded compute; the scores are
@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -108,28 +107,3 @@ class RewardScorer(ABC):
 
     def close(self) -> None:
         """Free the model's memory now (the vLLM engine's process)."""
-
-
-class HfRewardScorer(RewardScorer):
-    """The reward model in this process (transformers), batched by score_sequences."""
-
-    backend = "hf"
-
-    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", attn_implementation: str = "sdpa",
-                 batch_size: int = 16, max_batch_tokens: int | None = None, sort_by_length: bool = True):
-        from xwin.data.dataset import pad_token_id
-        from xwin.models.loading import load_tokenizer
-        from xwin.models.reward import load_reward_model
-
-        # eval mode, on the device policy's device
-        self.model = load_reward_model(model_dir, dtype, attn_implementation=attn_implementation)
-        self.pad_id = pad_token_id(load_tokenizer(model_dir))
-        self.batch_size, self.max_batch_tokens, self.sort_by_length = batch_size, max_batch_tokens, sort_by_length
-
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        return score_sequences(self.model, sequences, batch_size=self.batch_size, pad_id=self.pad_id,
-                               sort_by_length=self.sort_by_length, max_batch_tokens=self.max_batch_tokens,
-                               progress=False)
-
-    def close(self) -> None:
-        del self.model

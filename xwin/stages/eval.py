@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # its name (`model:sft` and the controller's plain `sft` both give the label "sft").
 RESERVED_INPUTS = frozenset({"judge", "mtbench", "alpaca", "reference", "prompts", "reward_model"})
 REWARD_MAX_LENGTH = 4096  # tokens of one scored answer in its context; longer ones are cut
-# Reward scoring runs in float32, where its backend and batching move a reward by ~1e-6 (the
+# Reward scoring runs in float32, where its backend and batching move a reward by ~1e-5 (the
 # score stage's docstring): these fields are left out of eval's key.
 REWARD_EXECUTION_FIELDS = frozenset({"reward_backend", "reward_batch_size", "reward_max_batch_tokens",
                                      "reward_tensor_parallel_size"})
