@@ -9,8 +9,13 @@
 2. Scoring: the generated responses scored by a reward model (SmolLM2's body + a value head)
    in length-sorted batches and in input-order batches; sequences/s, the share of padded
    positions, and the sorted/unsorted ratio.
+3. Scoring backends: the same pairs (the generated responses, then ShareGPT replies) scored by
+   the same reward model folder through vLLM's pooling runner and through the HF path (batches
+   capped by --score-max-batch-tokens), as the score stage runs them; responses/s of each (the
+   engine start-up timed apart), the vLLM/HF ratio and the largest reward difference.
 
     python benchmarks/sampling.py [--prompts 16] [--n 8] [--max-new-tokens 64] [--json out.json]
+    python benchmarks/sampling.py --sections pooling --sharegpt 128   # section 3 alone
 
 On a CPU pass `--gpu-memory-utilization 0.3` (the default picks 0.3 there by itself). The
 `__main__` guard is required: vLLM spawns its engine process.
@@ -143,18 +148,72 @@ def sharegpt_pairs(count: int) -> list[tuple[list, str]]:
     return pairs
 
 
-def load_benchmark_rm(model_dir: Path, dtype: str):
-    """SmolLM2's body with a fresh (seeded) value head: the reward model's cost, not its wisdom."""
+def save_benchmark_rm(model_dir: Path, dtype: str, out: Path) -> Path:
+    """SmolLM2's body with a fresh (seeded) value head, saved as the rm stage saves a reward
+    model: the reward model's cost, not its wisdom."""
     import torch
 
     from xwin.models.loading import load_tokenizer
-    from xwin.models.reward import RewardModel, load_reward_model
+    from xwin.models.reward import RewardModel
 
-    tokenizer = load_tokenizer(model_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        RewardModel.from_language_model(model_dir, dtype).save(Path(tmp), tokenizer)
-        return load_reward_model(tmp, dtype), tokenizer
+    torch.manual_seed(0)
+    RewardModel.from_language_model(model_dir, dtype).save(out, load_tokenizer(model_dir))
+    return out
+
+
+def bench_scoring_backends(name: str, rm_dir: Path, pairs: list[tuple[list, str]], args) -> dict:
+    """Responses/s of the score stage's two backends on the same token ids, one backend after
+    the other (on a CPU an idle vLLM engine's OpenMP threads still spin, which would slow an HF
+    scorer timed beside it), each warmed up and timed `repeats` times, then closed."""
+    from xwin.data.templating import tokenize_prompt_and_reply
+    from xwin.models.hf_scoring import HfRewardScorer
+    from xwin.models.loading import load_tokenizer
+    from xwin.models.vllm_scoring import VllmRewardScorer
+    from xwin.stages.score import ScoreConfig
+
+    tokenizer = load_tokenizer(rm_dir)
+    rows = ScoreConfig().batch_size  # the stage's row cap; --score-max-batch-tokens is the budget
+    samples = [tokenize_prompt_and_reply(tokenizer, ctx, reply, args.score_max_length)
+               for ctx, reply in pairs if reply.strip()]
+    sequences = [s.input_ids for s in samples if s is not None]
+    print(f"scoring backends, set {name}: {len(sequences)} sequences, {args.score_dtype}", flush=True)
+    open_scorer = {
+        "hf": lambda: HfRewardScorer(rm_dir, dtype=args.score_dtype, batch_size=rows,
+                                     max_batch_tokens=args.score_max_batch_tokens),
+        "vllm": lambda: VllmRewardScorer(rm_dir, dtype=args.score_dtype, max_length=args.score_max_length,
+                                         max_batch_tokens=args.score_max_batch_tokens,
+                                         gpu_memory_utilization=args.gpu_memory_utilization),
+    }
+    results: dict[str, dict] = {}
+    for backend, make in open_scorer.items():
+        started = time.perf_counter()
+        scorer = make()
+        try:
+            scorer.score(sequences[:4])  # warm-up
+            r = results[backend] = {"startup_s": round(time.perf_counter() - started, 2), "runs": []}
+            for _ in range(args.repeats):
+                if backend == "vllm":  # a repeat must not find the last run's prefixes cached
+                    scorer.llm.reset_prefix_cache()
+                started = time.perf_counter()
+                r["scores"] = scorer.score(sequences)
+                seconds = time.perf_counter() - started
+                r["runs"].append(round(len(sequences) / seconds, 2))
+                print(f"score {name} {backend:>5}: {len(sequences)} responses in {seconds:.2f} s = "
+                      f"{len(sequences) / seconds:.2f}/s (load {os.getloadavg()[0]:.1f})", flush=True)
+        finally:
+            scorer.close()
+        r["responses_per_s"] = round(statistics.median(r["runs"]), 2)
+    gap = max(abs(a - b) for a, b in zip(results["hf"].pop("scores"), results["vllm"].pop("scores")))
+    ratio = results["vllm"]["responses_per_s"] / results["hf"]["responses_per_s"]
+    tokens = sum(len(s) for s in sequences)
+    print(f"| set | responses (tokens) | HF responses/s | vLLM responses/s | vLLM / HF | vLLM start-up s | "
+          f"max reward difference |\n"
+          f"| {name} | {len(sequences)} ({tokens}) | {results['hf']['responses_per_s']:.2f} | "
+          f"{results['vllm']['responses_per_s']:.2f} | {ratio:.2f}x | {results['vllm']['startup_s']:.1f} | "
+          f"{gap:.1e} |", flush=True)
+    return {"sequences": len(sequences), "tokens": tokens, "dtype": args.score_dtype, "hf_batch_rows": rows,
+            "max_batch_tokens": args.score_max_batch_tokens, **results, "vllm_over_hf": round(ratio, 3),
+            "max_score_difference": gap}
 
 
 def bench_scoring(name: str, model, tokenizer, pairs: list[tuple[list, str]], args) -> dict:
@@ -209,6 +268,12 @@ def main() -> None:
     parser.add_argument("--hf-batch-size", type=int, default=32)
     parser.add_argument("--score-batch-size", type=int, default=16)
     parser.add_argument("--score-max-length", type=int, default=1024)
+    parser.add_argument("--score-max-batch-tokens", type=int, default=16384,
+                        help="section 3: padded tokens per HF batch; vLLM's max_num_batched_tokens")
+    parser.add_argument("--score-dtype", default="float32", help="section 3 (the score stage's default)")
+    parser.add_argument("--sections", default="binding,generation,scoring,pooling",
+                        help="comma-separated: binding (0), generation (1), scoring (2), pooling (3); "
+                        "scoring needs generation")
     parser.add_argument("--sharegpt", type=int, default=128,
                         help="ShareGPT (question, reply) pairs in the second scoring set; 0 = none")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
@@ -233,18 +298,41 @@ def main() -> None:
         f"CPU ({os.cpu_count()} cores, {platform.machine()}), torch threads {torch.get_num_threads()}"
     print(f"model {model_dir.name}, {len(contexts)} MT-bench prompts x N={args.n}, "
           f"max {args.max_new_tokens} new tokens, {resolve_dtype(args.dtype)}, {device}", flush=True)
-    binding = {} if torch.cuda.is_available() else bench_vllm_binding(model_dir, contexts, args)
-    generation = bench_generation(model_dir, contexts, args)
-    replies = generation["backends"]["hf"].pop("texts")
-    generation["backends"]["vllm"].pop("texts")
-    rm, tokenizer = load_benchmark_rm(model_dir, args.dtype)
-    generated = [(ctx, reply) for ctx, rs in zip(contexts, replies) for reply in rs]
-    scoring = {"generated": bench_scoring("generated", rm, tokenizer, generated, args)}
-    if args.sharegpt:
-        scoring["sharegpt"] = bench_scoring("sharegpt", rm, tokenizer, sharegpt_pairs(args.sharegpt), args)
+    sections = set(args.sections.split(","))
+    if unknown := sections - {"binding", "generation", "scoring", "pooling"}:
+        parser.error(f"--sections: unknown {sorted(unknown)}")
+    if "scoring" in sections and "generation" not in sections:
+        parser.error("--sections scoring needs generation (it scores the generated responses)")
+    binding = {} if torch.cuda.is_available() or "binding" not in sections \
+        else bench_vllm_binding(model_dir, contexts, args)
+    generation, generated, scoring, backends = {}, [], {}, {}
+    if "generation" in sections:
+        generation = bench_generation(model_dir, contexts, args)
+        replies = generation["backends"]["hf"].pop("texts")
+        generation["backends"]["vllm"].pop("texts")
+        generated = [(ctx, reply) for ctx, rs in zip(contexts, replies) for reply in rs]
+    with tempfile.TemporaryDirectory() as tmp:
+        rm_dir = save_benchmark_rm(model_dir, args.dtype, Path(tmp) / "rm")
+        if "scoring" in sections:
+            from xwin.models.loading import load_tokenizer
+            from xwin.models.reward import load_reward_model
+
+            rm, tokenizer = load_reward_model(rm_dir, args.dtype), load_tokenizer(rm_dir)
+            scoring["generated"] = bench_scoring("generated", rm, tokenizer, generated, args)
+            if args.sharegpt:
+                scoring["sharegpt"] = bench_scoring("sharegpt", rm, tokenizer, sharegpt_pairs(args.sharegpt), args)
+            del rm
+        if "pooling" in sections:
+            rm_dir = save_benchmark_rm(model_dir, args.score_dtype, Path(tmp) / "rm-scoring") \
+                if args.score_dtype != args.dtype else rm_dir
+            if generated:
+                backends["generated"] = bench_scoring_backends("generated", rm_dir, generated, args)
+            if args.sharegpt:
+                backends["sharegpt"] = bench_scoring_backends("sharegpt", rm_dir, sharegpt_pairs(args.sharegpt), args)
     report = {"device": device, "threads": args.threads, "load_avg_at_end": os.getloadavg(),
               "prompts": len(contexts), "n": args.n, "max_new_tokens": args.max_new_tokens,
-              "dtype": args.dtype, "vllm_binding": binding, "generation": generation, "scoring": scoring}
+              "dtype": args.dtype, "vllm_binding": binding, "generation": generation, "scoring": scoring,
+              "scoring_backends": backends}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

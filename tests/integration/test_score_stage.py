@@ -89,6 +89,68 @@ def test_score_stage_scores_every_response_as_the_model_does_alone(tmp_path, tin
     assert metrics["responses_scored"] == 2 + 3 + 4 and metrics["responses_dropped_too_long"] == 0
 
 
+def test_a_token_budget_scores_as_a_row_count_does(tmp_path, tiny_rm_dir):
+    """Batches capped by padded tokens (160: these 32-77-token sequences go two or three a
+    batch) give the rewards of one batch of all nine, and the metrics name the backend."""
+    samples = write_jsonl(tmp_path / "samples.jsonl", samples_rows())
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    budget = write_spec(tmp_path / "a", "score", {"reward_model": str(tiny_rm_dir), "samples": str(samples)},
+                        {"dtype": "float32", "max_batch_tokens": 160})
+    rows = write_spec(tmp_path / "b", "score", {"reward_model": str(tiny_rm_dir), "samples": str(samples)},
+                      {"dtype": "float32", "batch_size": 64})
+    metrics = run_stage("score", budget)
+    assert metrics["backend"] == "hf" and metrics["backend_reason"] == "backend: hf"
+    assert metrics["responses_scored"] == 9 and metrics["responses_dropped_too_long"] == 0
+    run_stage("score", rows)
+    small, big = ([resp.score for r in read_records(fetch(root, "runs/test/score") / "scored.jsonl", MultiwiseRecord)
+                   for resp in r.responses] for root in (tmp_path / "a", tmp_path / "b"))
+    assert small == pytest.approx(big, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def first_format_rm_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A reward model folder of the first format (an AutoModel body, the head in its own file):
+    no sequence classifier, so vLLM's pooling runner cannot load it."""
+    from safetensors.torch import save_file
+
+    from xwin.models.reward import FORMAT, LEGACY_VALUE_HEAD, REWARD_CONFIG
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("first-format-rm")
+    model = RewardModel.from_language_model(tiny_model_dir)
+    model.body.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(tiny_model_dir).save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()}, str(out / LEGACY_VALUE_HEAD))
+    (out / REWARD_CONFIG).write_text(json.dumps({"format": FORMAT, "version": 1, "value_head": LEGACY_VALUE_HEAD}))
+    return out
+
+
+def test_backend_auto_falls_back_to_hf_for_a_folder_vllm_cannot_pool_and_says_why(tmp_path, first_format_rm_dir):
+    samples = write_jsonl(tmp_path / "samples.jsonl", samples_rows())
+    spec = write_spec(tmp_path, "score", {"reward_model": str(first_format_rm_dir), "samples": str(samples)},
+                      {"dtype": "float32", "backend": "auto"})
+    metrics = run_stage("score", spec)
+    assert metrics["backend"] == "hf"
+    assert metrics["backend_reason"].startswith("backend auto fell back to hf: architectures ['LlamaModel']")
+    stats = json.loads((fetch(tmp_path, "runs/test/score") / "stats.json").read_text())
+    assert stats["backend"] == "hf" and stats["responses_scored"] == 9
+    model, tokenizer = load_reward_model(first_format_rm_dir, "float32"), load_tokenizer(first_format_rm_dir)
+    [record] = [r for r in read_records(fetch(tmp_path, "runs/test/score") / "scored.jsonl", MultiwiseRecord)
+                if r.id == "capital"]
+    assert [x.score for x in record.responses] == pytest.approx(
+        [alone(model, tokenizer, record.context, x.text) for x in record.responses], abs=1e-5)
+
+
+def test_backend_vllm_for_a_folder_it_cannot_pool_is_a_user_error(tmp_path, first_format_rm_dir):
+    from xwin.core.errors import UserError
+
+    samples = write_jsonl(tmp_path / "samples.jsonl", samples_rows())
+    spec = write_spec(tmp_path, "score", {"reward_model": str(first_format_rm_dir), "samples": str(samples)},
+                      {"dtype": "float32", "backend": "vllm"})
+    with pytest.raises(UserError, match="backend vllm, but architectures \\['LlamaModel'\\]"):
+        run_stage("score", spec)
+
+
 def test_responses_that_cannot_fit_are_dropped_and_counted(tmp_path, tiny_rm_dir):
     rows = samples_rows(PROMPTS[:1])
     rows[0]["responses"].append({"text": "word " * 300})

@@ -225,3 +225,18 @@ def test_a_user_preference_file_replaces_one_input(store, tmp_path):
     assert plan_of(store, f"run.inputs={{rm.train: {pairs}}}").stages["rm"].key != key
     with pytest.raises(ConfigError, match="neither a committed artifact nor an existing path"):
         plan_of(store, "run.inputs={rm.train: /no/such/pairs.jsonl}")
+
+
+@pytest.mark.parametrize("override", ["score.backend=vllm", "score.backend=auto", "score.max_batch_tokens=4096",
+                                      "score.tensor_parallel_size=2", "eval.reward_backend=vllm"])
+def test_how_float32_rewards_are_computed_is_not_part_of_a_key(store, override):
+    """In float32 the backend and batching move a reward by ~1e-5: a switch reruns nothing."""
+    assert plan_of(store, "score.dtype=float32", override).keys() == plan_of(store, "score.dtype=float32").keys()
+
+
+def test_in_bfloat16_the_score_backend_is_part_of_the_score_key(store):
+    """bfloat16 rewards move by up to ~0.1 with the kernel and batch: a switch reruns score."""
+    before = plan_of(store, "score.dtype=bfloat16").keys()
+    after = plan_of(store, "score.dtype=bfloat16", "score.backend=vllm").keys()
+    assert {name for name in before if before[name] != after[name]} == downstream_of("score")
+    assert plan_of(store, "score.dtype=bfloat16").keys() != plan_of(store, "score.dtype=float32").keys()

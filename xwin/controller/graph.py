@@ -116,8 +116,9 @@ def _stage_config(config, name: str) -> dict[str, Any]:
 def _key_config(name: str, stage_config: dict[str, Any]) -> dict[str, Any]:
     """The config fields that decide a stage's output (its row may list fields, such as logging
     intervals, whose change should not rerun it)."""
-    ignored = stage_def(name).not_in_key
-    return {k: v for k, v in stage_config.items() if k not in ignored}
+    row = stage_def(name)
+    kept = {k: v for k, v in stage_config.items() if k not in row.not_in_key}
+    return row.key_view(kept) if row.key_view else kept
 
 
 def _stage_source_fingerprint(name: str, stage_config) -> Any:

@@ -135,22 +135,11 @@ class RewardModel(nn.Module):
         max_length: int = 4096,
     ) -> list[float]:
         """Rewards of (context messages, reply) pairs, in input order, batched by length
-        (padding never changes a reward). Unlike the score stage, which drops a response that
-        cannot fit (it is one of many), a reply too long for max_length even with the context cut
-        away is scored on its first tokens: evaluation needs a score for every answer."""
+        (padding never changes a reward); the sequences are reward_sequences'."""
         from xwin.data.dataset import pad_token_id
-        from xwin.data.templating import tokenize_prompt_and_reply
         from xwin.models.scoring import score_sequences
 
-        if len(contexts) != len(replies):
-            raise ValueError(f"{len(contexts)} contexts but {len(replies)} replies")
-        sequences = []
-        for context, reply in zip(contexts, replies):
-            sample = tokenize_prompt_and_reply(tokenizer, context, reply, max_length)
-            if sample is None:
-                sample = tokenize_prompt_and_reply(tokenizer, context, reply, 10**9)
-                sample.input_ids = sample.input_ids[:max_length]
-            sequences.append(sample.input_ids)
+        sequences = reward_sequences(tokenizer, contexts, replies, max_length)
         was_training = self.training
         self.eval()
         try:
@@ -184,6 +173,26 @@ class RewardModel(nn.Module):
             **(info or {}),
         }
         (Path(out_dir) / REWARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def reward_sequences(tokenizer: Any, contexts: Sequence[Sequence[Any]], replies: Sequence[str],
+                     max_length: int = 4096) -> list[list[int]]:
+    """The token ids evaluation scores for each (context messages, reply). Unlike the score
+    stage, which drops a response that cannot fit (it is one of many), a reply too long for
+    max_length even with the context cut away is scored on its first tokens: evaluation needs a
+    score for every answer."""
+    from xwin.data.templating import tokenize_prompt_and_reply
+
+    if len(contexts) != len(replies):
+        raise ValueError(f"{len(contexts)} contexts but {len(replies)} replies")
+    sequences = []
+    for context, reply in zip(contexts, replies):
+        sample = tokenize_prompt_and_reply(tokenizer, context, reply, max_length)
+        if sample is None:
+            sample = tokenize_prompt_and_reply(tokenizer, context, reply, 10**9)
+            sample.input_ids = sample.input_ids[:max_length]
+        sequences.append(sample.input_ids)
+    return sequences
 
 
 def reward_pad_token(tokenizer: Any) -> tuple[str, int]:

@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 # Input names with a fixed meaning; every other input is a model under evaluation, labelled by
 # its name (`model:sft` and the controller's plain `sft` both give the label "sft").
 RESERVED_INPUTS = frozenset({"judge", "mtbench", "alpaca", "reference", "prompts", "reward_model"})
+REWARD_MAX_LENGTH = 4096  # tokens of one scored answer in its context; longer ones are cut
+# Reward scoring runs in float32, where its backend and batching move a reward by ~1e-5 (the
+# score stage's docstring): these fields are left out of eval's key.
+REWARD_EXECUTION_FIELDS = frozenset({"reward_backend", "reward_batch_size", "reward_max_batch_tokens",
+                                     "reward_tensor_parallel_size"})
 
 
 class VerifiableEvalConfig(StrictModel):
@@ -90,7 +95,14 @@ class EvalConfig(StrictModel):
         "wilson", description="win-rate interval: Wilson score or percentile bootstrap")
     bootstrap_samples: int = Field(1000, ge=100)
     seed: int = Field(0, description="bootstrap seed")
-    reward_batch_size: int = Field(8, ge=1, description="reward model scoring batch size")
+    reward_batch_size: int = Field(8, ge=1, description="hf: reward model scoring batch size, at most")
+    reward_max_batch_tokens: int = Field(
+        16384, ge=16, description="reward scoring: padded tokens per hf batch, at most; vLLM's "
+        "max_num_batched_tokens")
+    reward_backend: Literal["auto", "hf", "vllm"] = Field(
+        "hf", description="reward scoring (in float32): hf, vllm (vLLM's pooling runner) or auto "
+        "(vllm where installed and it runs the model, else hf); results.json says which")
+    reward_tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs the reward model is split over")
 
 
 def model_inputs(ctx: StageContext) -> dict[str, Path]:
@@ -170,10 +182,20 @@ def reward_scores(config: EvalConfig, rm_path: Path, answers: dict, questions, a
     """Mean reward-model score of every answer a model gave, each scored in its context (an
     MT-bench turn-2 answer after the model's own turn 1)."""
     from xwin.models.loading import load_tokenizer
-    from xwin.models.reward import load_reward_model
+    from xwin.models.scorer_factory import ScorerOptions, open_reward_scorer
 
     # the judge server and every answering engine are closed by now: the GPU is the RM's
-    rm, tokenizer = load_reward_model(rm_path), load_tokenizer(rm_path)
+    options = ScorerOptions(backend=config.reward_backend, dtype="float32", max_length=REWARD_MAX_LENGTH,
+                            batch_size=config.reward_batch_size, max_batch_tokens=config.reward_max_batch_tokens,
+                            tensor_parallel_size=config.reward_tensor_parallel_size)
+    with open_reward_scorer(rm_path, options) as (scorer, why):
+        return _reward_scores(scorer, why, load_tokenizer(rm_path), answers, questions, alpaca_items, prompts)
+
+
+def _reward_scores(scorer, why: str, tokenizer, answers: dict, questions, alpaca_items,
+                   prompts: list[Prompt]) -> dict[str, dict]:
+    from xwin.models.reward import reward_sequences
+
     out = {}
     for label, mine in answers.items():
         contexts, replies = [], []
@@ -190,12 +212,12 @@ def reward_scores(config: EvalConfig, rm_path: Path, answers: dict, questions, a
         for prompt, answer in zip(prompts, mine.get("prompts", [])):
             contexts.append(_messages(prompt))
             replies.append(answer)
-        scores = rm.score(tokenizer, contexts, replies, batch_size=config.reward_batch_size)
+        scores = scorer.score(reward_sequences(tokenizer, contexts, replies, REWARD_MAX_LENGTH))
         held_out = scores[len(scores) - len(mine.get("prompts", [])):]  # prompts come last
         out[label] = {"mean": sum(scores) / len(scores) if scores else float("nan"),
                       "n": len(scores), "scores": [float(x) for x in scores],
                       "prompts_mean": sum(held_out) / len(held_out) if held_out else float("nan"),
-                      "prompts_n": len(held_out)}
+                      "prompts_n": len(held_out), "backend": scorer.backend, "backend_reason": why}
     return out
 
 

@@ -24,10 +24,11 @@ from xwin.artifacts.stage_io import StageContext, StageSpec, parse_shard
 from xwin.core.config import StrictModel, format_validation_error
 from xwin.core.errors import ConfigError
 from xwin.stages.annotate import AnnotateConfig
-from xwin.stages.eval import EvalConfig
+from xwin.stages.eval import REWARD_EXECUTION_FIELDS, EvalConfig
 from xwin.stages.prepare import PrepareConfig, fingerprint
 from xwin.stages.sample import SampleConfig
 from xwin.stages.score import ScoreConfig
+from xwin.stages.score import key_config as score_key_config
 from xwin.stages.select import SelectConfig
 from xwin.train.dpo_config import DpoConfig
 from xwin.train.rm_config import RmConfig
@@ -60,6 +61,9 @@ class StageDef:
     output: Literal["model", "reward_model", "data", "report"]  # "model": a policy to evaluate
     optional: bool = False  # a plain `xwin run` runs it only when named or wired in
     not_in_key: frozenset[str] = frozenset()  # config fields whose change does not rerun it
+    # The config as it enters the key, for fields that count only under some settings (score:
+    # how rewards are computed counts in bfloat16, not in float32); applied after not_in_key.
+    key_view: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
     code_version: str = "1"  # bump when a release changes what the stage computes
     # Raw sources the stage reads through its config rather than through inputs (prepare's
     # base model and data files): their identity joins the stage's key.
@@ -123,7 +127,7 @@ STAGES: tuple[StageDef, ...] = (
         "xwin.stages.score:run", _inputs(
             reward_model=Input("rm", "reward-model folder"),
             samples=Input("sample", "multiwise JSONL, sharded"),
-        ), kind="sharded", image="trainer", output="data",
+        ), kind="sharded", image="trainer", output="data", key_view=score_key_config,
     ),
     StageDef(
         "select", "best response per prompt (rs) and chosen/rejected pairs (dpo)",
@@ -157,7 +161,7 @@ STAGES: tuple[StageDef, ...] = (
             judge=Input("prepare#base_model", "HF model folder served as the local judge"),
             alpaca=Input(None, "AlpacaEval-format instructions JSON/JSONL"),
             reference=Input(None, "the reference model's outputs for AlpacaEval"),
-        ), kind="single", image="sampler", output="report",
+        ), kind="single", image="sampler", output="report", not_in_key=REWARD_EXECUTION_FIELDS,
     ),
     StageDef(
         "annotate", "a judge model or the verifiable checkers label response pairs (Xwin-Pair)",

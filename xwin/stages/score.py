@@ -7,6 +7,18 @@ sample stage's shard count each score shard gets about one sample shard's worth 
 
 Resume: scored contexts are flushed to a partial file every `chunk_contexts`; an attempt killed
 midway (preempted pod, kill -9) restarts after the last flushed chunk, as sampling does.
+
+Backends: `hf` (transformers in this process, length-sorted batches capped by `batch_size` rows
+and `max_batch_tokens` padded tokens) or `vllm` (vLLM's pooling runner, `tensor_parallel_size`
+GPUs per model); `auto` is vLLM where it is installed and runs the folder's architecture, else
+HF. Both score the same token ids and agree to ~1e-5 in float32 (9e-6 on SmolLM2-135M); the metrics name the backend
+used (`backend`, `backend_reason`).
+
+The key: in float32 how the rewards are computed (backend, batching, tensor parallelism, the
+attention kernel, chunking) moves a reward by ~1e-5, far below any margin select acts on, so
+those fields (EXECUTION_FIELDS) are left out of the stage's key: switching to vLLM reuses the
+HF run's scores. In bfloat16/float16 a reward moves by up to ~0.1 with the batch and kernel it
+is computed in, so there they are part of the key, as the dtype always is.
 """
 
 from __future__ import annotations
@@ -33,10 +45,31 @@ log = logging.getLogger(__name__)
 
 SCORED_FILE = "scored.jsonl"
 PARTIAL_FILE = "scored.partial.jsonl"
+# Fields that decide how the rewards are computed, not what they are (see the module docstring).
+EXECUTION_FIELDS = frozenset({"backend", "tensor_parallel_size", "gpu_memory_utilization", "batch_size",
+                              "max_batch_tokens", "sort_by_length", "attn_implementation", "chunk_contexts"})
+
+
+def key_config(config: dict) -> dict:
+    """The score config as it enters the stage's key: without EXECUTION_FIELDS in float32."""
+    if config.get("dtype") != "float32":
+        return config
+    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
 
 
 class ScoreConfig(StrictModel):
-    batch_size: int = Field(16, ge=1, description="sequences per reward-model forward pass")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "hf", description="hf (transformers), vllm (vLLM's pooling runner; tensor parallel) or auto "
+        "(vllm where installed and it runs the model's architecture, else hf; the metrics say which)")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one reward model is split over")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0, description="vllm: share of accelerator memory; None = 0.9 on a GPU, "
+        "0.3 on a CPU (a share of NUMA node 0's memory there)")
+    batch_size: int = Field(64, ge=1, description="hf: sequences per reward-model forward pass, at most")
+    max_batch_tokens: int = Field(
+        16384, ge=16, description="hf: padded tokens (rows x longest) per forward pass, at most; "
+        "vllm: its max_num_batched_tokens (raised to max_length if below: vLLM prefills a sequence "
+        "whole). A longer sequence is a batch of its own")
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "float32",
         description="reward model dtype. float32 by default: in bfloat16 a score moves by up to "
@@ -57,6 +90,16 @@ class ScoreConfig(StrictModel):
         256, ge=1, description="contexts scored between flushes to the resumable partial file: "
         "a killed attempt resumes after the last flushed chunk")
 
+    def scorer_options(self):
+        """The reward scorer's settings (imports xwin.models: call in the stage process only)."""
+        from xwin.models.scorer_factory import ScorerOptions
+
+        return ScorerOptions(
+            backend=self.backend, dtype=self.dtype, max_length=self.max_length, batch_size=self.batch_size,
+            max_batch_tokens=self.max_batch_tokens, sort_by_length=self.sort_by_length,
+            attn_implementation=self.attn_implementation, tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization)
+
 
 def read_parts(parts: list[Path]) -> list[MultiwiseRecord]:
     """Records of every part in order (a part is a folder of *.jsonl or one file)."""
@@ -66,11 +109,11 @@ def read_parts(parts: list[Path]) -> list[MultiwiseRecord]:
     return records
 
 
-def score_records(records: list[MultiwiseRecord], model, tokenizer, config: ScoreConfig) -> list[MultiwiseRecord]:
-    """The records with every response scored; a response whose tokens cannot fit is left out,
-    and each record's meta["scoring"] counts what was dropped or cut."""
-    from xwin.data.dataset import pad_token_id
-    from xwin.models.scoring import NonFiniteRewards, score_sequences
+def score_records(records: list[MultiwiseRecord], scorer, tokenizer, config: ScoreConfig) -> list[MultiwiseRecord]:
+    """The records with every response scored by `scorer` (a RewardScorer); a response whose
+    tokens cannot fit is left out, and each record's meta["scoring"] counts what was dropped or
+    cut."""
+    from xwin.models.scoring import NonFiniteRewards
 
     sequences: list[list[int]] = []
     owners: list[tuple[int, int]] = []  # (record, response) of each sequence
@@ -85,9 +128,7 @@ def score_records(records: list[MultiwiseRecord], model, tokenizer, config: Scor
             sequences.append(sample.input_ids)
             owners.append((r_index, k))
     try:
-        scores = score_sequences(model, sequences, batch_size=config.batch_size,
-                                 pad_id=pad_token_id(tokenizer), sort_by_length=config.sort_by_length,
-                                 progress=False)
+        scores = scorer.score(sequences)
     except NonFiniteRewards as e:
         record, k = owners[e.indices[0]]
         raise UserError(
@@ -111,7 +152,7 @@ def score_records(records: list[MultiwiseRecord], model, tokenizer, config: Scor
 def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
     # torch: imported by the stage process, never by the controller that reads ScoreConfig
     from xwin.models.loading import load_tokenizer
-    from xwin.models.reward import load_reward_model
+    from xwin.models.scorer_factory import open_reward_scorer
 
     model_dir = ctx.input("reward_model")
     mine = read_parts(ctx.input_parts("samples"))[ctx.shard_index :: ctx.shard_count]
@@ -123,14 +164,15 @@ def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
 
     started = time.monotonic()
     scored_now = 0
+    backend, why = "none", "nothing left to score"
     if todo:
         tokenizer = load_tokenizer(model_dir)
-        # eval mode, on the device policy's device
-        model = load_reward_model(model_dir, config.dtype, attn_implementation=config.attn_implementation)
-        with ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer, \
+        with open_reward_scorer(model_dir, config.scorer_options()) as (scorer, why), \
+                ChunkedJsonlWriter(ctx.workdir / PARTIAL_FILE) as writer, \
                 tqdm(total=len(mine), initial=len(mine) - len(todo), desc="contexts scored", unit="context") as bar:
+            backend = scorer.backend
             for begin in range(0, len(todo), config.chunk_contexts):
-                chunk = score_records(todo[begin : begin + config.chunk_contexts], model, tokenizer, config)
+                chunk = score_records(todo[begin : begin + config.chunk_contexts], scorer, tokenizer, config)
                 writer.append(chunk)
                 done.update((r.id, r) for r in chunk)
                 scored_now += sum(len(r.responses) for r in chunk)
@@ -152,6 +194,8 @@ def run(config: ScoreConfig, ctx: StageContext) -> dict[str, float]:
         "score_std": stats.get("std", 0.0),
         "seconds": round(seconds, 3),
         "sequences_per_s": round(scored_now / seconds, 2) if scored_now and seconds > 0 else 0.0,
+        "backend": backend,
+        "backend_reason": why,
     }
     (out / "stats.json").write_text(json.dumps({**metrics, "scores": stats}, indent=2))
     ctx.commit(out, metrics)
