@@ -106,6 +106,17 @@ def wait_until(condition, timeout: float = 20.0):
     raise AssertionError(f"not within {timeout} s: {condition}")
 
 
+def take_over_the_run_lease(store, run_id: str, owner: str) -> str:
+    """Another controller's conditional takeover of the run's lease, as a lapsed lease allows;
+    the lease's key."""
+    key = run_lease_key(run_id)
+    found = store.get_record_versioned(key)
+    taker = Holder.model_validate_json(found.data).model_copy(
+        update={"owner": owner, "token": "b", "expires_at": time.time() + 60})
+    store.replace_record(key, taker.model_dump_json().encode(), version=found.version)
+    return key
+
+
 def test_a_second_controller_on_a_live_run_exits_busy_naming_the_first(tmp_path, new_store,
                                                                         capsys):
     config_a, store_a, runs_a = pod(tmp_path, "pod-a", new_store)
@@ -158,11 +169,7 @@ def test_a_controller_that_loses_its_lease_stops_its_stage_and_writes_nothing(tm
     thread, result = in_thread(first.execute)
     assert executor.started.wait(20)
     # pod B took the run over (pod A was cut off long enough for its lease to lapse)
-    key = run_lease_key(record.run_id)
-    found = store.get_record_versioned(key)
-    taker = Holder.model_validate_json(found.data).model_copy(
-        update={"owner": "controller in pod B", "token": "b", "expires_at": time.time() + 60})
-    store.replace_record(key, taker.model_dump_json().encode(), version=found.version)
+    key = take_over_the_run_lease(store, record.run_id, "controller in pod B")
     record_at_takeover = store.get_record(f"runs/{record.run_id}")
 
     thread.join(20)
@@ -186,11 +193,7 @@ def test_on_a_cluster_a_controller_that_loses_its_lease_leaves_the_job_to_the_ne
     stage_key = controller.plan().stages["prepare"].key
     thread, result = in_thread(controller.execute)
     assert executor.started.wait(20)
-    key = run_lease_key(record.run_id)
-    found = store.get_record_versioned(key)
-    taker = Holder.model_validate_json(found.data).model_copy(
-        update={"owner": "controller in pod B", "token": "b", "expires_at": time.time() + 60})
-    store.replace_record(key, taker.model_dump_json().encode(), version=found.version)
+    take_over_the_run_lease(store, record.run_id, "controller in pod B")
     record_at_takeover = store.get_record(f"runs/{record.run_id}")
     time.sleep(0.6)  # a few heartbeats: the loss is noticed
     assert thread.is_alive() and not executor.cancelled.is_set()

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from train_support import (
     REPO,
+    assert_vllm_samples,
     committed,
     history,
     process_env,
@@ -204,13 +205,4 @@ def test_lora_sft_of_smollm2_merged_export_serves_in_vllm(tmp_path, smollm2_dir)
     assert 0 < metrics["lora_trainable_fraction"] < 0.05
     assert not any("lora" in name for name in weight_names(folder))
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"id": "capital", "messages": [
-        {"role": "user", "content": "What is the capital of France?"}]}) + "\n")
-    sample = write_spec(tmp_path, "sample", {"model": folder, "prompts": prompts},
-                        {"backend": "vllm", "responses_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 16,
-                         "seed": 1, "dtype": "auto", "max_model_len": 512, "gpu_memory_utilization": 0.3})
-    done = subprocess.run([sys.executable, "-m", "xwin.cli", "stage", "sample", "--config", str(sample)],
-                          env=process_env({}), cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["metrics"]["responses"] == 2
+    assert_vllm_samples(tmp_path, folder)

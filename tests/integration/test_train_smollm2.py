@@ -4,16 +4,11 @@ transformers (the export kept every weight in place)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 from train_support import (
-    REPO,
+    assert_vllm_samples,
     committed,
     history,
-    process_env,
     run_workers,
     write_conversations,
     write_spec,
@@ -40,13 +35,4 @@ def test_sft_of_smollm2_loads_in_transformers_and_vllm(tmp_path, smollm2_dir):
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"id": "capital", "messages": [
-        {"role": "user", "content": "What is the capital of France?"}]}) + "\n")
-    sample = write_spec(tmp_path, "sample", {"model": folder, "prompts": prompts},
-                        {"backend": "vllm", "responses_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 16,
-                         "seed": 1, "dtype": "auto", "max_model_len": 512, "gpu_memory_utilization": 0.3})
-    done = subprocess.run([sys.executable, "-m", "xwin.cli", "stage", "sample", "--config", str(sample)],
-                          env=process_env({}), cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["metrics"]["responses"] == 2
+    assert_vllm_samples(tmp_path, folder)

@@ -168,3 +168,17 @@ def assert_hub_artifact(folder: Path, stage: str, config: dict, metrics: dict, p
     assert [v for _, v in series["train/loss"]] == pytest.approx([r["loss"] for r in steps], rel=1e-6)
     evals = [(r["step"], r["eval_loss"]) for r in steps if "eval_loss" in r]
     assert [s for s, _ in series.get("eval/loss", [])] == [s for s, _ in evals]
+
+
+def assert_vllm_samples(tmp: Path, folder: Path) -> None:
+    """The sample stage's vLLM engine loads `folder` as it is and samples 2 answers to a prompt."""
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "capital", "messages": [
+        {"role": "user", "content": "What is the capital of France?"}]}) + "\n")
+    sample = write_spec(tmp, "sample", {"model": folder, "prompts": prompts},
+                        {"backend": "vllm", "responses_per_prompt": 2, "temperature": 1.0, "max_new_tokens": 16,
+                         "seed": 1, "dtype": "auto", "max_model_len": 512, "gpu_memory_utilization": 0.3})
+    done = subprocess.run([sys.executable, "-m", "xwin.cli", "stage", "sample", "--config", str(sample)],
+                          env=process_env({}), cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["metrics"]["responses"] == 2

@@ -22,15 +22,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from xwin.train.checkpoint import gathered_state_dict
 from xwin.train.config import LoraSettings, TrainConfig
+
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ ADAPTER_DIR = "adapter"
 def peft_config(settings: LoraSettings, fully_trained: Sequence[str] = ()) -> LoraConfig:
     """peft's LoraConfig of our settings; modules in `fully_trained` get no adapter (peft would
     count a custom model's value head among 'all-linear') and train whole instead."""
+    from peft import LoraConfig
+
     return LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -54,6 +59,8 @@ def peft_config(settings: LoraSettings, fully_trained: Sequence[str] = ()) -> Lo
 def with_lora(model: torch.nn.Module, settings: LoraSettings, *, gradient_checkpointing: bool,
               fully_trained: Sequence[str] = ()) -> PeftModel:
     """`model` with adapters (see the module docstring); only they (and `fully_trained`) train."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
     if settings.quantize != "none":
         # non-reentrant checkpointing, as the loop turns on (xwin.train.deepspeed_setup)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
@@ -81,7 +88,7 @@ def trainable_model(model: torch.nn.Module, config: TrainConfig,
 
 def lora_metrics(model: torch.nn.Module) -> dict[str, float]:
     """The parameter counts peft reports, for the stage's manifest; empty without adapters."""
-    if not isinstance(model, PeftModel):
+    if not has_adapters(model):
         return {}
     trainable, total = model.get_nb_trainable_parameters()
     return {"lora_trainable_parameters": trainable, "lora_total_parameters": total,
@@ -93,11 +100,14 @@ def base_weights(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     adapters switched off, no second copy of the model. A model without adapters is unchanged,
     so this is only meaningful where the base *is* the reference (LoRA)."""
     module = getattr(model, "module", model)  # a DeepSpeed engine holds the model as .module
-    return module.disable_adapter() if isinstance(module, PeftModel) else contextlib.nullcontext()
+    return module.disable_adapter() if has_adapters(module) else contextlib.nullcontext()
 
 
 def has_adapters(model: torch.nn.Module) -> bool:
-    return isinstance(getattr(model, "module", model), PeftModel)
+    # Without peft imported no model can be wrapped by it: stages without LoRA never import it
+    # (several seconds in every training process).
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(getattr(model, "module", model), peft.PeftModel)
 
 
 def adapter_writer(module: PeftModel, settings: LoraSettings, zero_stage: int, is_main: bool,
@@ -109,6 +119,9 @@ def adapter_writer(module: PeftModel, settings: LoraSettings, zero_stage: int, i
     trained = gathered_state_dict(module, zero_stage, is_main, only_trainable=True)
 
     def write(folder: Path) -> None:
+        from peft import get_peft_model
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
         adapter = get_peft_model_state_dict(module, state_dict=trained)
         base = load_base()
         # the same peft config (the module names 'all-linear' resolved to) on the fresh base
