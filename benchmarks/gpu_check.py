@@ -30,6 +30,7 @@ import json
 import math
 import re
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,13 +168,17 @@ def generate_worker(model_dir: Path, backend: str, size: dict) -> dict:
 def score_worker(model_dir: Path, size: dict) -> dict:
     """Reward-model scoring throughput over ShareGPT (question, reply) pairs, length-sorted."""
     import torch
-    from sampling import load_benchmark_rm, sharegpt_pairs
+    from sampling import save_benchmark_rm, sharegpt_pairs
 
     from xwin.data.templating import tokenize_prompt_and_reply
+    from xwin.models.loading import load_tokenizer
+    from xwin.models.reward import load_reward_model
     from xwin.models.scoring import score_sequences
 
     kind, peak = stage_runs.memory_reader()
-    model, tokenizer = load_benchmark_rm(model_dir, "auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        rm_dir = save_benchmark_rm(model_dir, "auto", Path(tmp))
+        model, tokenizer = load_reward_model(rm_dir, "auto"), load_tokenizer(rm_dir)
     samples = [tokenize_prompt_and_reply(tokenizer, ctx, reply, size["score_max_length"])
                for ctx, reply in sharegpt_pairs(size["score_sequences"]) if reply.strip()]
     sequences = [s.input_ids for s in samples if s is not None]
