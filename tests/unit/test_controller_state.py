@@ -12,7 +12,7 @@ import pytest
 from xwin.artifacts.config import StoreConfig
 from xwin.artifacts.factory import open_store
 from xwin.artifacts.stage_io import StageSpec
-from xwin.controller.state import Attempt, RunRecord, RunStore, StageState, new_run_id
+from xwin.controller.state import Attempt, RunRecord, RunStore, StageState
 from xwin.core.errors import UserError
 from xwin.executors.base import JobProfile, StageJob
 from xwin.executors.local import job_processes, last_error
@@ -52,10 +52,10 @@ def test_unknown_or_malformed_run_ids_are_user_errors(runs):
         runs.load("../etc")
 
 
-def test_run_ids_never_collide():
+def test_run_ids_never_collide(runs):
     taken = set()
     for _ in range(3):
-        run_id = new_run_id("my demo/1", taken.__contains__)
+        run_id = runs.claim_run_id("my demo/1", "2026-01-01T00:00:00+00:00")
         assert run_id.startswith("my-demo-1-")
         taken.add(run_id)
     assert len(taken) == 3

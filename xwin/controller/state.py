@@ -126,11 +126,6 @@ def candidate_run_ids(name: str) -> Iterator[str]:
     yield from (f"{base}-{stamp}-{n}" for n in itertools.count(2))
 
 
-def new_run_id(name: str, taken) -> str:
-    """The first candidate id `taken(id)` says is free (no claim: see RunStore.claim_run_id)."""
-    return next(run_id for run_id in candidate_run_ids(name) if not taken(run_id))
-
-
 class IndexEntry(BaseModel):
     """A run's entry in the index. The claim token makes every entry's bytes unique, so a
     writer that reads back an entry after a lost answer knows whether it is its own."""
@@ -184,8 +179,7 @@ class RunStore:
         (a record or a local folder without an entry) are skipped too."""
         entry = IndexEntry(name=name, created_at=created_at).model_dump_json().encode()
         for run_id in candidate_run_ids(name):
-            if self.run_dir(run_id).exists() or self.store.get_record(
-                    f"{RECORD_PREFIX}/{run_id}") is not None:
+            if self.exists(run_id):
                 continue
             try:
                 self.store.create_record(f"{INDEX_PREFIX}/{run_id}", entry)
